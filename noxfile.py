@@ -1,0 +1,160 @@
+"""Sessions for the MedGen monorepo.
+
+Every session installs the pinned CPU torch first (constraints.txt), then the MedGen
+packages from their local paths. ``nox -s tests`` is the CI entry point.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+CONSTRAINTS = str(ROOT / "constraints.txt")
+PACKAGES = {
+    "cuda": ROOT / "packages" / "medgen-cuda",
+    "data": ROOT / "packages" / "medgen-data",
+    "models": ROOT / "packages" / "medgen-models",
+    "train": ROOT / "packages" / "medgen-train",
+}
+# Which MedGen packages each package needs installed beside it (its declared dependencies).
+NEEDS = {
+    "cuda": ("cuda",),
+    "data": ("data",),
+    "models": ("cuda", "models"),
+    "train": ("cuda", "data", "models", "train"),
+}
+TEST_EXTRAS = ("pytest>=8", "scikit-image", "PyWavelets", "diffusers>=0.30", "pyyaml")
+
+nox.options.default_venv_backend = "venv"
+nox.options.sessions = ["tests"]
+
+
+def install_torch(session: nox.Session, torch_spec: str = "torch==2.13.0") -> None:
+    """Install torch before anything else, so nothing resolves a CUDA wheel by accident."""
+    constraints = ("-c", CONSTRAINTS) if torch_spec == "torch==2.13.0" else ()
+    session.install(*constraints, torch_spec)
+
+
+def install_medgen(session: nox.Session, *names: str, constraints: bool = True) -> None:
+    """Install MedGen packages from local paths; medgen-cuda compiles against the venv's torch."""
+    pin = ("-c", CONSTRAINTS) if constraints else ()
+    if "cuda" in names:
+        session.install(*pin, "setuptools>=69", "wheel", "ninja")
+        session.install(*pin, "--no-build-isolation", str(PACKAGES["cuda"]))
+    rest = [str(PACKAGES[n]) for n in names if n != "cuda"]
+    if rest:
+        session.install(*pin, *rest)
+
+
+def pytest_args(session: nox.Session, *paths: str) -> list[str]:
+    return ["pytest", *paths, *session.posargs]
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Every package's tests plus the root cross-package tests (the CI entry point)."""
+    install_torch(session)
+    install_medgen(session, "cuda", "data", "models", "train")
+    session.install("-c", CONSTRAINTS, *TEST_EXTRAS)
+    paths = [str(p / "tests") for p in PACKAGES.values()] + [str(ROOT / "tests")]
+    session.run(*pytest_args(session, *paths), env={"MEDGEN_QUIET": "1"})
+
+
+def _package_session(name: str):
+    def run(session: nox.Session) -> None:
+        install_torch(session)
+        install_medgen(session, *NEEDS[name])
+        session.install("-c", CONSTRAINTS, *TEST_EXTRAS)
+        session.run(*pytest_args(session, str(PACKAGES[name] / "tests")))
+
+    run.__doc__ = f"Tests of medgen-{name} alone, installed with only its declared dependencies."
+    return run
+
+
+data = nox.session(name="data")(_package_session("data"))
+models = nox.session(name="models")(_package_session("models"))
+train = nox.session(name="train")(_package_session("train"))
+CUDA_ARCHS = ("80", "90", "100", "120")
+
+
+@nox.session(name="cuda")
+def cuda(session: nox.Session) -> None:
+    """medgen-cuda: CPU extension build + tests, every .cu through plain nvcc, full CUDA build.
+
+    1. builds the CPU extension against torch 2.13.0 (constraints) and runs its tests;
+    2. compiles every csrc/cuda/*.cu with plain nvcc for sm_80, sm_90, sm_100 and sm_120 (no GPU
+       and no torch headers needed);
+    3. notifies ``cuda-full``: the full CUDA extension against torch==2.14.1 in its own venv.
+    """
+    import shutil  # local imports: this session is self-contained
+
+    install_torch(session)
+    install_medgen(session, "cuda")
+    session.install("-c", CONSTRAINTS, *TEST_EXTRAS, "monai")
+    session.run(
+        "python", "-c", "import medgen.cuda as m; assert m.extension_available(), 'no extension'"
+    )
+    session.run(*pytest_args(session, str(PACKAGES["cuda"] / "tests")))
+
+    nvcc = shutil.which("nvcc") or next(
+        (str(p) for p in sorted(Path("/usr/local").glob("cuda*/bin/nvcc")) if p.is_file()), None
+    )
+    if nvcc is None:
+        session.error("nvcc not found: the CUDA sources must compile in CI")
+    csrc = PACKAGES["cuda"] / "csrc"
+    out = Path(session.create_tmp()) / "nvcc"
+    out.mkdir(exist_ok=True)
+    gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in CUDA_ARCHS]
+    for cu in sorted((csrc / "cuda").glob("*.cu")):
+        obj = str(out / (cu.stem + ".o"))
+        session.run(nvcc, "-std=c++17", "-O3", "-I", str(csrc), *gencode, "-c", str(cu), "-o", obj,
+                    external=True)  # fmt: skip
+    session.notify("cuda-full")
+
+
+@nox.session(name="cuda-full")
+def cuda_full(session: nox.Session) -> None:
+    """The full CUDA extension against torch==2.14.1 (CUDA 13), imported and CPU-tested."""
+    install_torch(session, "torch==2.14.1")
+    install_medgen(session, "cuda", constraints=False)
+    session.install(*TEST_EXTRAS, "monai")
+    session.run(
+        "python",
+        "-c",
+        "import torch, medgen.cuda as m, medgen.cuda._C as C; "
+        "assert torch.version.cuda and C.cuda_compiled(), 'CUDA kernels not built'; "
+        "print('medgen-cuda CUDA build OK, torch', torch.__version__, 'cuda', torch.version.cuda)",
+    )
+    session.run(*pytest_args(session, str(PACKAGES["cuda"] / "tests")))
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check + format check over the whole tree."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def quickstart(session: nox.Session) -> None:
+    """The main job: JS-DDPM-style joint image+mask diffusion on MNI152 slices (~10 CPU-min)."""
+    install_torch(session)
+    install_medgen(session, "cuda", "data", "models", "train")
+    out = os.environ.get("MEDGEN_RUN_DIR", str(ROOT / "runs" / "quickstart"))
+    session.run("medgen-train", "quickstart", "--out", out, *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks (JSON + Markdown under bench-results/): kernels vs their peers, same run."""
+    install_torch(session)
+    install_medgen(session, "cuda")
+    session.install("-c", CONSTRAINTS, "PyWavelets", "diffusers>=0.30")
+    out = str(ROOT / "bench-results")
+    session.run(
+        "python", str(ROOT / "benchmarks" / "bench_cuda.py"), "--out", out, *session.posargs
+    )
