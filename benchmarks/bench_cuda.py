@@ -1,0 +1,299 @@
+"""Benchmark of medgen-cuda against the libraries people use today (CPU; GPU rows if available).
+
+    python benchmarks/bench_cuda.py --out DIR [--threads N] [--budget SECONDS] [--device cpu|cuda]
+
+Times, in ONE run on the same inputs, medians of repeated timings after warm-up:
+  * the bandwidth limit: a STREAM-like copy and triad at each op's working-set size and at 256 MiB;
+  * Haar 2D (8, 1, 256, 256) and 3D (1, 1, 128, 128, 128), forward and inverse: medgen (compiled
+    extension), medgen reference (pure PyTorch), PyWavelets (dwtn/idwtn 'haar', periodization),
+    ptwt (if installed) and WDM-style strided-slicing PyTorch;
+  * DDIM step on (4, 4, 64, 64) and (1, 4, 32, 128, 128): medgen, medgen reference, diffusers'
+    DDIMScheduler.step, MONAI's DDIMScheduler.step (if installed), the direct PyTorch formula.
+For every row: time, effective bandwidth (bytes that must be read and written / time), its fraction
+of the copy bandwidth at that size, and the speed ratio of medgen to it. Writes DIR/bench_cuda.json
+and DIR/bench_cuda.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import medgen.cuda as mc
+from medgen.cuda import reference
+
+MiB = 1 << 20
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_fn(fn, device: str, budget: float, min_reps: int = 5, max_reps: int = 200) -> float:
+    """Median seconds per call: 2 warm-up calls, then repeats until `budget` seconds are spent."""
+    for _ in range(2):
+        fn()
+    _sync(device)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_reps or (time.perf_counter() - start < budget and len(times) < max_reps):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bandwidth(nbytes: int, device: str, budget: float) -> dict[str, float]:
+    """STREAM-like copy (2 x bytes moved) and triad a = b + s*c (3 x bytes) in GB/s."""
+    n = max(nbytes // 4, 1)
+    a, b, c = (torch.rand(n, device=device) for _ in range(3))
+    t_copy = time_fn(lambda: a.copy_(b), device, budget)
+    t_triad = time_fn(lambda: torch.add(b, c, alpha=1.5, out=a), device, budget)
+    return {"copy_GBps": 2 * n * 4 / t_copy / 1e9, "triad_GBps": 3 * n * 4 / t_triad / 1e9}
+
+
+# ----------------------------------------------------------------------------- peers
+
+
+def wdm_dwt(x: torch.Tensor) -> torch.Tensor:
+    """WDM-style Haar by strided slicing (no dense matrices), same layout and normalisation."""
+    nd = x.dim() - 2
+    bands = [x]
+    for axis in range(2, 2 + nd):
+        nxt = []
+        for band in bands:
+            idx_e = [slice(None)] * band.dim()
+            idx_o = [slice(None)] * band.dim()
+            idx_e[axis], idx_o[axis] = slice(0, None, 2), slice(1, None, 2)
+            e, o = band[tuple(idx_e)], band[tuple(idx_o)]
+            nxt += [(e + o) * 0.7071067811865476, (e - o) * 0.7071067811865476]
+        bands = nxt
+    return torch.cat(bands, dim=1)
+
+
+def wdm_idwt(w: torch.Tensor) -> torch.Tensor:
+    nd = w.dim() - 2
+    bands = list(w.chunk(1 << nd, dim=1))
+    for axis in reversed(range(2, 2 + nd)):
+        nxt = []
+        for lo, hi in zip(bands[0::2], bands[1::2], strict=True):
+            e, o = (lo + hi) * 0.7071067811865476, (lo - hi) * 0.7071067811865476
+            out = torch.stack((e, o), dim=axis + 1).flatten(axis, axis + 1)
+            nxt.append(out)
+        bands = nxt
+    return bands[0]
+
+
+def haar_impls(x: torch.Tensor, device: str):
+    nd = x.dim() - 2
+    w = mc.haar_dwt(x)
+    impls = {}
+    if mc.extension_available():
+        impls["medgen"] = (lambda: mc.haar_dwt(x), lambda: mc.haar_idwt(w))
+    impls["medgen-reference"] = (lambda: reference.haar_dwt(x), lambda: reference.haar_idwt(w))
+    impls["wdm-slicing"] = (lambda: wdm_dwt(x), lambda: wdm_idwt(w))
+    if device == "cpu":
+        try:
+            import pywt
+
+            xn = x.numpy()
+            axes = tuple(range(2, 2 + nd))
+            coeffs = pywt.dwtn(xn, "haar", mode="periodization", axes=axes)
+            impls["pywavelets"] = (
+                lambda: pywt.dwtn(xn, "haar", mode="periodization", axes=axes),
+                lambda: pywt.idwtn(coeffs, "haar", mode="periodization", axes=axes),
+            )
+        except ImportError:
+            pass
+    try:
+        import ptwt
+
+        if nd == 2:
+            pw = ptwt.wavedec2(x, "haar", level=1, mode="periodization")
+            impls["ptwt"] = (
+                lambda: ptwt.wavedec2(x, "haar", level=1, mode="periodization"),
+                lambda: ptwt.waverec2(pw, "haar"),
+            )
+        else:
+            pw = ptwt.wavedec3(x[:, 0], "haar", level=1, mode="periodization")
+            impls["ptwt"] = (
+                lambda: ptwt.wavedec3(x[:, 0], "haar", level=1, mode="periodization"),
+                lambda: ptwt.waverec3(pw, "haar"),
+            )
+    except Exception:  # not installed or API differences: the row is simply absent
+        pass
+    return impls
+
+
+def ddim_impls(x: torch.Tensor, m: torch.Tensor, device: str):
+    t, prev = 500, 480
+    impls = {}
+    try:
+        import diffusers
+
+        ds = diffusers.DDIMScheduler(num_train_timesteps=1000, clip_sample=False)
+        ds.set_timesteps(50)
+        ds.alphas_cumprod = ds.alphas_cumprod.to(device)
+        a_t, a_p = float(ds.alphas_cumprod[t]), float(ds.alphas_cumprod[prev])
+        impls["diffusers"] = lambda: ds.step(m, t, x, return_dict=False)
+    except ImportError:
+        ds = None
+        a_t, a_p = 0.0778, 0.0938
+    if mc.extension_available():
+        impls["medgen"] = lambda: mc.ddim_step(x, m, a_t, a_p)
+    impls["medgen-reference"] = lambda: reference.ddim_step(x, m, a_t, a_p)
+    try:
+        from monai.networks.schedulers import DDIMScheduler
+
+        ms = DDIMScheduler(num_train_timesteps=1000, clip_sample=False)
+        ms.set_timesteps(50)
+        ms.alphas_cumprod = ms.alphas_cumprod.to(device)
+        impls["monai"] = lambda: ms.step(m, t, x)
+    except ImportError:
+        pass
+    sa, sb, sp, sq = a_t**0.5, (1 - a_t) ** 0.5, a_p**0.5, (1 - a_p) ** 0.5
+
+    def direct():
+        x0 = (x - sb * m) / sa
+        return sp * x0 + sq * m, x0
+
+    impls["torch-formula"] = direct
+    return impls
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def run(device: str, budget: float) -> dict:
+    rows: list[dict] = []
+    bw_cache: dict[int, dict[str, float]] = {}
+
+    def bw_at(nbytes: int) -> dict[str, float]:
+        if nbytes not in bw_cache:
+            bw_cache[nbytes] = bandwidth(nbytes, device, budget)
+        return bw_cache[nbytes]
+
+    def add(op, shape, impl, seconds, moved, working_set):
+        bw = bw_at(working_set)
+        gbps = moved / seconds / 1e9
+        rows.append(
+            dict(op=op, shape=list(shape), impl=impl, seconds=seconds, GBps=gbps,
+                 frac_of_copy=gbps / bw["copy_GBps"], copy_GBps=bw["copy_GBps"],
+                 working_set_MiB=working_set / MiB)
+        )  # fmt: skip
+
+    g = torch.Generator().manual_seed(0)
+    for shape in ((8, 1, 256, 256), (1, 1, 128, 128, 128)):
+        x = torch.randn(shape, generator=g).to(device)
+        nbytes = x.numel() * 4
+        name = f"haar{x.dim() - 2}d"
+        for impl, (fwd, inv) in haar_impls(x, device).items():
+            add(f"{name}_dwt", shape, impl, time_fn(fwd, device, budget), 2 * nbytes, nbytes)
+            add(f"{name}_idwt", shape, impl, time_fn(inv, device, budget), 2 * nbytes, nbytes)
+    for shape in ((4, 4, 64, 64), (1, 4, 32, 128, 128)):
+        x, m = (torch.randn(shape, generator=g).to(device) for _ in range(2))
+        nbytes = x.numel() * 4
+        for impl, fn in ddim_impls(x, m, device).items():
+            # read x_t and eps, write x_prev and x0
+            add("ddim_step", shape, impl, time_fn(fn, device, budget), 4 * nbytes, 2 * nbytes)
+
+    # ratios: medgen time vs every other impl of the same op and shape (>1: medgen faster)
+    for r in rows:
+        same = [o for o in rows if o["op"] == r["op"] and o["shape"] == r["shape"]]
+        ours = next((o for o in same if o["impl"] == "medgen"), None)
+        r["medgen_speedup"] = None if ours is None else r["seconds"] / ours["seconds"]
+    dram = bandwidth(256 * MiB, device, budget)
+    return {"rows": rows, "bandwidth_by_size": {f"{k / MiB:g}MiB": v for k, v in bw_cache.items()},
+            "dram_256MiB": dram}  # fmt: skip
+
+
+def to_markdown(result: dict) -> str:
+    meta = result["meta"]
+    lines = [
+        f"medgen-cuda benchmark, {meta['timestamp']} on {meta['device_name']} "
+        f"({meta['threads']} threads, torch {meta['torch']}, extension: "
+        f"{meta['extension_available']})",
+        "",
+        f"DRAM bandwidth (256 MiB): copy {result['dram_256MiB']['copy_GBps']:.1f} GB/s, triad "
+        f"{result['dram_256MiB']['triad_GBps']:.1f} GB/s; at the op sizes: "
+        + ", ".join(
+            f"{k}: copy {v['copy_GBps']:.1f}" for k, v in result["bandwidth_by_size"].items()
+        ),
+        "",
+        "| op | shape | impl | time (ms) | GB/s | of copy | medgen speedup |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        sp = "" if r["medgen_speedup"] is None else f"{r['medgen_speedup']:.2f}x"
+        lines.append(
+            f"| {r['op']} | {'x'.join(map(str, r['shape']))} | {r['impl']} | "
+            f"{r['seconds'] * 1e3:.3f} | {r['GBps']:.1f} | {r['frac_of_copy']:.2f} | {sp} |"
+        )
+    lines.append("")
+    lines.append(
+        "GB/s = bytes that must be read and written / time (Haar: input + output; DDIM: x_t, eps "
+        "in, x_prev, x0 out; float32). 'of copy' = fraction of the copy bandwidth measured at the "
+        "same working-set size. 'medgen speedup' = row time / medgen time."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True, type=Path, help="output directory")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--budget", type=float, default=0.25, help="seconds of repeats per timing")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    args = ap.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device")
+    torch.set_num_threads(args.threads)
+    warnings.simplefilter("ignore")
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        result = run(args.device, args.budget)
+    result["meta"] = {
+        "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "threads": torch.get_num_threads(),
+        "device": args.device,
+        "device_name": torch.cuda.get_device_name() if args.device == "cuda" else _cpu_name(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": sys.version.split()[0],
+        "extension_available": mc.extension_available(),
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench_cuda.json").write_text(json.dumps(result, indent=2))
+    md = to_markdown(result)
+    (args.out / "bench_cuda.md").write_text(md)
+    print(md)
+    print(f"wrote {args.out / 'bench_cuda.json'} and bench_cuda.md in {result['meta']['wall_s']} s")
+    return 0
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} cpus)"
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,102 @@
+// Fused sampler steps on the CPU (see medgen_kernels.h for the formula, _coeffs.py for the math).
+// Elements are split into chunks; within a chunk each run of one sample shares its coefficient
+// row, so the inner loop is a branch-free affine combination the compiler vectorizes for float.
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+
+#include "cpu/cpu_common.h"
+#include "cpu/cpu_kernels.h"
+
+namespace medgen {
+namespace {
+
+using cpu_detail::Acc;
+using cpu_detail::from_acc;
+using cpu_detail::to_acc;
+
+constexpr int64_t kGrain = 32768;
+
+template <typename F>
+void for_each_run(int64_t n, int64_t coef_rows, int64_t per_row, F&& body) {
+  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+    int64_t i = begin;
+    while (i < end) {
+      const int64_t row = coef_rows == 1 ? 0 : i / per_row;
+      const int64_t stop = coef_rows == 1 ? end : std::min(end, (row + 1) * per_row);
+      body(row, i, stop);
+      i = stop;
+    }
+  });
+}
+
+template <typename T, bool CLIP, bool NOISE>
+void affine_impl(const T* x, const T* m, const T* noise, const typename Acc<T>::type* coef,
+                 int64_t coef_rows, int64_t per_row, int64_t n, typename Acc<T>::type clip_value,
+                 T* xp_out, T* x0_out) {
+  using A = typename Acc<T>::type;
+  for_each_run(n, coef_rows, per_row, [&](int64_t row, int64_t i0, int64_t i1) {
+    const A* k = coef + row * 5;
+    const A a = k[0], b = k[1], p = k[2], q = k[3], s = k[4];
+    for (int64_t i = i0; i < i1; ++i) {
+      const A xv = to_acc(x[i]);
+      const A mv = to_acc(m[i]);
+      const A x0 = a * xv + b * mv;
+      A xp;
+      if (CLIP) {
+        const A x0c = x0 > clip_value ? clip_value : (x0 < -clip_value ? -clip_value : x0);
+        xp = p * xv + q * x0c;
+        x0_out[i] = from_acc<T>(x0c);
+      } else {
+        xp = p * xv + q * mv;
+        x0_out[i] = from_acc<T>(x0);
+      }
+      if (NOISE) xp = xp + s * to_acc(noise[i]);
+      xp_out[i] = from_acc<T>(xp);
+    }
+  });
+}
+
+}  // namespace
+
+void cpu_affine_step(const void* x, const void* m, const void* noise, const void* coef,
+                     int64_t coef_rows, int64_t per_row, int64_t n, int clip, double clip_value,
+                     void* xp_out, void* x0_out, DType dtype) {
+  if (n == 0) return;
+  MEDGEN_CPU_DISPATCH(dtype, T, {
+    using A = typename Acc<T>::type;
+    const T* xt = static_cast<const T*>(x);
+    const T* mt = static_cast<const T*>(m);
+    const T* nt = static_cast<const T*>(noise);
+    const A* ct = static_cast<const A*>(coef);
+    T* xp = static_cast<T*>(xp_out);
+    T* x0 = static_cast<T*>(x0_out);
+    const A cv = static_cast<A>(clip_value);
+    if (clip && noise)
+      affine_impl<T, true, true>(xt, mt, nt, ct, coef_rows, per_row, n, cv, xp, x0);
+    else if (clip)
+      affine_impl<T, true, false>(xt, mt, nt, ct, coef_rows, per_row, n, cv, xp, x0);
+    else if (noise)
+      affine_impl<T, false, true>(xt, mt, nt, ct, coef_rows, per_row, n, cv, xp, x0);
+    else
+      affine_impl<T, false, false>(xt, mt, nt, ct, coef_rows, per_row, n, cv, xp, x0);
+  });
+}
+
+void cpu_axpy_step(const void* x, const void* v, const void* coef, int64_t coef_rows,
+                   int64_t per_row, int64_t n, void* out, DType dtype) {
+  if (n == 0) return;
+  MEDGEN_CPU_DISPATCH(dtype, T, {
+    using A = typename Acc<T>::type;
+    const T* xt = static_cast<const T*>(x);
+    const T* vt = static_cast<const T*>(v);
+    const A* ct = static_cast<const A*>(coef);
+    T* o = static_cast<T*>(out);
+    for_each_run(n, coef_rows, per_row, [&](int64_t row, int64_t i0, int64_t i1) {
+      const A c = ct[row];
+      for (int64_t i = i0; i < i1; ++i) o[i] = from_acc<T>(to_acc(xt[i]) + c * to_acc(vt[i]));
+    });
+  });
+}
+
+}  // namespace medgen
