@@ -1,0 +1,11 @@
+"""Errors raised by medgen.data. Messages name the file (or key) and say what was expected."""
+
+from __future__ import annotations
+
+
+class DataError(ValueError):
+    """Input data that cannot be used as given (unreadable file, wrong shape, bad geometry)."""
+
+
+class CacheError(DataError):
+    """A slice cache that is missing, incomplete, or does not match its manifest."""

@@ -1,0 +1,71 @@
+import gzip
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from medgen.data import DataError, mni152_path, read_nifti
+
+nib = pytest.importorskip("nibabel")
+
+
+def test_mni_t1_matches_nibabel():
+    """Independent reader: nibabel's array is (x, y, z) in RAS voxel order; ours is (z, y, x)."""
+    path = mni152_path("t1")
+    vol = read_nifti(path)
+    ref = nib.load(str(path))
+    np.testing.assert_array_equal(vol.array, np.asarray(ref.dataobj, np.float32).transpose(2, 1, 0))
+    np.testing.assert_allclose(vol.spacing[::-1], ref.header.get_zooms()[:3])
+    # nibabel's affine is RAS; ITK reports LPS: flip the first two physical axes.
+    lps_affine = np.diag([-1, -1, 1, 1]) @ ref.affine
+    np.testing.assert_allclose(vol.origin, lps_affine[:3, 3], atol=1e-4)
+    # direction columns are the physical directions of the (z, y, x) array axes
+    spacing_xyz = np.asarray(vol.spacing[::-1])
+    np.testing.assert_allclose(vol.direction[:, ::-1] * spacing_xyz, lps_affine[:3, :3], atol=1e-4)
+    assert vol.shape == (189, 233, 197)
+    assert vol.array.dtype == np.float32
+    assert len(vol.id) == 16 and "mni" not in vol.id
+
+
+def test_missing_and_wrong_suffix(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        read_nifti(tmp_path / "absent.nii.gz")
+    with pytest.raises(DataError, match="not a NIfTI file"):
+        read_nifti(tmp_path / "scan.dcm")
+
+
+def test_truncated_file_names_path(tmp_path):
+    bad = tmp_path / "broken.nii.gz"
+    data = mni152_path("wm").read_bytes()
+    bad.write_bytes(data[:2000])
+    with pytest.raises(DataError, match="broken.nii.gz"):
+        read_nifti(bad)
+
+
+def test_garbage_file(tmp_path):
+    bad = tmp_path / "garbage.nii.gz"
+    bad.write_bytes(gzip.compress(b"not a nifti header" * 50))
+    with pytest.raises(DataError, match="garbage.nii.gz"):
+        read_nifti(bad)
+
+
+def test_4d_needs_index(tmp_path):
+    arr = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)  # (t, z, y, x)
+    img = sitk.GetImageFromArray(arr, isVector=False)
+    path = tmp_path / "four.nii.gz"
+    sitk.WriteImage(img, str(path))
+    with pytest.raises(DataError, match="4D NIfTI with 2 volumes"):
+        read_nifti(path)
+    vol = read_nifti(path, volume_index=1)
+    np.testing.assert_array_equal(vol.array, arr[1])
+    with pytest.raises(DataError, match="volume_index 2"):
+        read_nifti(path, volume_index=2)
+
+
+def test_truncated_uncompressed_file(tmp_path):
+    arr = np.ones((6, 8, 8), dtype=np.float32)
+    path = tmp_path / "cut.nii"
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(path))
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(DataError, match="cut.nii: truncated"):
+        read_nifti(path)
