@@ -1,0 +1,108 @@
+"""The DDPM strategy: forward noising, training targets and prediction conversions.
+
+Conventions: integer timesteps t in [0, T); x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps with
+a_t = alpha_bar_t. The network predicts one of
+
+- ``"epsilon"``: eps
+- ``"v"``:       v = sqrt(a_t) eps - sqrt(1 - a_t) x0   (Salimans & Ho, 2022)
+- ``"sample"``:  x0
+
+Arithmetic runs in float32 (float64 inputs stay float64) whatever the input dtype; results
+are returned in the input dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from medgen.models.schedules import NoiseSchedule
+
+PREDICTIONS = ("epsilon", "v", "sample")
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+class DDPM:
+    """Discrete diffusion with a :class:`NoiseSchedule` and a prediction type."""
+
+    def __init__(self, schedule: NoiseSchedule, prediction: str = "epsilon") -> None:
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {prediction!r}; known: {PREDICTIONS}")
+        self.schedule = schedule
+        self.prediction = prediction
+        self.alphas_cumprod = schedule.alphas_cumprod  # float64, stays float64
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.schedule.num_train_timesteps
+
+    def alpha_bar(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """alpha_bar at integer timesteps ``t`` (B,), shaped to broadcast against ``like``."""
+        t = torch.as_tensor(t, device=self.alphas_cumprod.device).long()
+        if t.min() < 0 or t.max() >= self.num_train_timesteps:
+            raise ValueError(f"timesteps must lie in [0, {self.num_train_timesteps})")
+        a = self.alphas_cumprod[t.cpu()].to(device=like.device, dtype=_compute_dtype(like))
+        return a.reshape(-1, *([1] * (like.ndim - 1)))
+
+    def sample_timesteps(
+        self,
+        batch: int,
+        generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
+    ) -> torch.Tensor:
+        """Uniform integer timesteps in [0, T)."""
+        t = torch.randint(0, self.num_train_timesteps, (batch,), generator=generator)
+        return t.to(device)
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a = self.alpha_bar(t, x0)
+        cd = a.dtype
+        x_t = a.sqrt() * x0.to(cd) + (1 - a).sqrt() * noise.to(cd)
+        return x_t.to(x0.dtype)
+
+    def training_target(
+        self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+    ) -> torch.Tensor:
+        if self.prediction == "epsilon":
+            return noise
+        if self.prediction == "sample":
+            return x0
+        a = self.alpha_bar(t, x0)
+        cd = a.dtype
+        return (a.sqrt() * noise.to(cd) - (1 - a).sqrt() * x0.to(cd)).to(x0.dtype)
+
+    def predict_x0_eps(
+        self, x_t: torch.Tensor, output: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0, eps) implied by the network ``output`` at ``x_t``; float32 math, input dtype out.
+
+        For epsilon prediction x0 = (x_t - sqrt(1-a) eps) / sqrt(a), exact when eps is the
+        true noise (up to float32 rounding amplified by 1/sqrt(a) at the largest t).
+        """
+        a = self.alpha_bar(t, x_t)
+        cd = a.dtype
+        xt, out = x_t.to(cd), output.to(cd)
+        sa, s1a = a.sqrt(), (1 - a).sqrt()
+        if self.prediction == "epsilon":
+            eps = out
+            x0 = (xt - s1a * eps) / sa
+        elif self.prediction == "sample":
+            x0 = out
+            eps = (xt - sa * x0) / s1a
+        else:  # v
+            x0 = sa * xt - s1a * out
+            eps = s1a * xt + sa * out
+        return x0.to(x_t.dtype), eps.to(x_t.dtype)
+
+    def snr(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        a = self.alpha_bar(t, like)
+        return a / (1 - a)
+
+    def config(self) -> dict:
+        return {
+            "strategy": "ddpm",
+            "prediction": self.prediction,
+            "schedule": self.schedule.config(),
+        }
