@@ -1,0 +1,5 @@
+import sys
+
+from medgen.train.cli import main
+
+sys.exit(main())
