@@ -26,7 +26,7 @@ NEEDS = {
     "models": ("cuda", "models"),
     "train": ("cuda", "data", "models", "train"),
 }
-TEST_EXTRAS = ("pytest>=8", "scikit-image", "PyWavelets", "diffusers>=0.30", "pyyaml")
+TEST_EXTRAS = ("pytest>=8", "scikit-image", "PyWavelets", "diffusers>=0.30", "pyyaml", "nilearn")
 
 nox.options.default_venv_backend = "venv"
 nox.options.sessions = ["tests"]

@@ -61,7 +61,7 @@ def set_rng_state(state: dict) -> None:
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     n = state["numpy"]
-    np.random.set_state(
+    np.random.set_state(  # noqa: NPY002
         (
             "MT19937",
             n["key"].numpy().astype(np.uint32),

@@ -170,7 +170,7 @@ def run_quickstart(cfg: QuickstartConfig, out: str | Path, quiet: bool = False) 
     eval_idx = torch.linspace(0, len(slices) - 1, min(64, len(slices))).long().to(device)
     diagnostics: list[tuple[int, list[float]]] = []
 
-    def on_log(step: int, ema) -> None:
+    def on_step(step: int, ema) -> None:
         if step % cfg.diagnostics_every == 0 or step == cfg.train_steps:
             diagnostics.append(
                 (
@@ -205,7 +205,7 @@ def run_quickstart(cfg: QuickstartConfig, out: str | Path, quiet: bool = False) 
         gen,
         CHANNELS,
         disable_bars=no_bars,
-        on_log=on_log,
+        on_step=on_step,
     )
     timings["train_s"] = time.perf_counter() - t0
 
