@@ -52,7 +52,7 @@ def test_malicious_pickle_is_refused_without_running(tmp_path):
     marker = tmp_path / "pwned"
     MARKER = str(marker)
     with open(path / "training_state.pt", "wb") as fh:
-        pickle.dump({"optimizer": Payload()}, fh)
+        pickle.dump({"optimizer": Payload()}, fh, protocol=2)
     with pytest.raises(CheckpointError, match="training_state.pt: refused to load"):
         load_checkpoint(path, optimizer=opt)
     assert not marker.exists(), "the pickle payload ran"
