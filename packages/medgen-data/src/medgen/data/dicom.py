@@ -30,27 +30,22 @@ Design choices (see also :mod:`medgen.data.dicom_geometry` for the tolerances):
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import warnings
-import zipfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
 from medgen.data.dicom_geometry import GeometryError, stack_geometry
+from medgen.data.dicom_sources import DICOMDIR_SOP_CLASS, MAX_MEMBER_BYTES, Member, open_members
 from medgen.data.errors import DataError
 from medgen.data.volume import Volume
 
 DEFAULT_SALT = "medgen-dicom-v1"
-DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 _PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-MAX_MEMBER_BYTES = 1 << 30  # 1 GiB per ZIP member, declared (uncompressed) size
 
 
 @dataclass(frozen=True)
@@ -71,15 +66,6 @@ class SeriesList(list):
     skipped: int = 0
 
 
-# --------------------------------------------------------------------------- sources
-
-
-@dataclass(frozen=True)
-class _Member:
-    name: str  # shown in error messages: a path, or "archive.zip:member"
-    open: Callable[[], object]  # returns a path or a binary file object for dcmread
-
-
 def _salt(salt: str | None) -> str:
     return salt if salt is not None else os.environ.get("MEDGEN_ID_SALT", DEFAULT_SALT)
 
@@ -89,67 +75,7 @@ def series_key(series_uid: str, salt: str | None = None) -> str:
     return hashlib.sha256(f"{_salt(salt)}\0{series_uid}".encode()).hexdigest()[:16]
 
 
-def _check_member_name(archive: Path, info: zipfile.ZipInfo, max_bytes: int) -> None:
-    name = info.filename
-    pure = PurePosixPath(name.replace("\\", "/"))
-    if name.startswith(("/", "\\")) or pure.is_absolute() or (len(name) > 1 and name[1] == ":"):
-        raise DataError(f"{archive}: member {name!r} has an absolute path; refusing to read it")
-    if ".." in pure.parts:
-        raise DataError(f"{archive}: member {name!r} contains '..'; refusing to read it")
-    if info.file_size > max_bytes:
-        raise DataError(
-            f"{archive}: member {name!r} declares {info.file_size} bytes, above the limit of "
-            f"{max_bytes} (max_member_bytes)"
-        )
-
-
-def _dicomdir_members(path: Path) -> list[_Member]:
-    from pydicom.fileset import FileSet
-
-    try:
-        fs = FileSet(pydicom.dcmread(path))
-    except Exception as exc:
-        raise DataError(f"{path}: unreadable DICOMDIR ({exc})") from exc
-    members = []
-    for instance in fs:
-        p = Path(instance.path)
-        members.append(_Member(str(p), lambda p=p: p))
-    return members
-
-
-@contextmanager
-def _members(path: Path, max_member_bytes: int) -> Iterator[list[_Member]]:
-    if not path.exists():
-        raise DataError(f"{path}: no such file or directory")
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file())
-        yield [_Member(str(p), lambda p=p: p) for p in files]
-        return
-    if zipfile.is_zipfile(path):
-        try:
-            zf = zipfile.ZipFile(path)
-        except (zipfile.BadZipFile, OSError) as exc:
-            raise DataError(f"{path}: unreadable ZIP archive ({exc})") from exc
-        with zf:
-            infos = [i for i in zf.infolist() if not i.is_dir()]
-            for info in infos:
-                _check_member_name(path, info, max_member_bytes)
-            yield [
-                _Member(f"{path}:{i.filename}", lambda i=i: io.BytesIO(zf.read(i))) for i in infos
-            ]
-        return
-    try:
-        head = pydicom.dcmread(path, stop_before_pixels=True)
-    except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
-        raise DataError(f"{path}: not a DICOM file, directory or ZIP archive ({exc})") from exc
-    sop = str(getattr(head, "file_meta", {}).get("MediaStorageSOPClassUID", ""))
-    if sop == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in head:
-        yield _dicomdir_members(path)
-        return
-    yield [_Member(str(path), lambda: path)]
-
-
-def _read_header(member: _Member):
+def _read_header(member: Member):
     """The header without pixels, or None when the member is not image DICOM."""
     try:
         ds = pydicom.dcmread(member.open(), stop_before_pixels=True)
@@ -161,7 +87,7 @@ def _read_header(member: _Member):
     return ds
 
 
-def _scan(members: list[_Member], salt: str | None):
+def _scan(members: list[Member], salt: str | None):
     """Group headers by series key. Returns ({key: [(member, header)]}, skipped)."""
     groups: dict[str, list] = {}
     skipped = 0
@@ -196,7 +122,7 @@ def list_series(
     Largest first (then by key). ``result.skipped`` counts files that are not image DICOM.
     """
     path = Path(path)
-    with _members(path, max_member_bytes) as members:
+    with open_members(path, max_member_bytes) as members:
         groups, skipped = _scan(members, salt)
     infos = sorted((_info(k, v) for k, v in groups.items()), key=lambda s: (-s.n_slices, s.key))
     result = SeriesList(infos)
@@ -243,7 +169,7 @@ def _n_frames(ds, default: int | None = 1) -> int:
         raise DataError(f"invalid NumberOfFrames {value!r}") from None
 
 
-def _decode(member: _Member, ds, where: str) -> np.ndarray:
+def _decode(member: Member, ds, where: str) -> np.ndarray:
     """The stored pixel values (one frame: (rows, cols); several: (frames, rows, cols))."""
     if not any(t in ds for t in _PIXEL_TAGS):
         raise DataError(f"{where}: missing pixel data in {member.name}")
@@ -326,7 +252,7 @@ def _group_value(item, shared, sequence: str, keyword: str):
     return None, None
 
 
-def _multiframe(where: str, member: _Member, ds):
+def _multiframe(where: str, member: Member, ds):
     """An Enhanced (functional-group) multi-frame file -> (array, geometry, spacing, rescaled).
 
     Geometry comes from each frame's PlanePositionSequence / PlaneOrientationSequence (per frame
@@ -451,7 +377,7 @@ def read_dicom(
     series, geometry errors, missing or undecodable pixel data).
     """
     path = Path(path)
-    with _members(path, max_member_bytes) as members:
+    with open_members(path, max_member_bytes) as members:
         groups, _ = _scan(members, salt)
         key = _choose(path, groups, series, salt)
         return _read_series(path, key, groups[key])

@@ -1,0 +1,91 @@
+"""Where DICOM files come from: a directory, a DICOMDIR, a ZIP archive or a single file.
+
+ZIP archives are read in memory (nothing is extracted). Members with absolute paths or ``..``
+components, and members whose declared size exceeds ``max_member_bytes``, are rejected with a
+:class:`DataError` naming the member.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from medgen.data.errors import DataError
+
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+MAX_MEMBER_BYTES = 1 << 30  # 1 GiB per ZIP member, declared (uncompressed) size
+
+
+@dataclass(frozen=True)
+class Member:
+    """One DICOM file to read: from a directory, a DICOMDIR, a ZIP archive or a path."""
+
+    name: str  # shown in error messages: a path, or "archive.zip:member"
+    open: Callable[[], object]  # returns a path or a binary file object for dcmread
+
+
+def _check_member_name(archive: Path, info: zipfile.ZipInfo, max_bytes: int) -> None:
+    name = info.filename
+    pure = PurePosixPath(name.replace("\\", "/"))
+    if name.startswith(("/", "\\")) or pure.is_absolute() or (len(name) > 1 and name[1] == ":"):
+        raise DataError(f"{archive}: member {name!r} has an absolute path; refusing to read it")
+    if ".." in pure.parts:
+        raise DataError(f"{archive}: member {name!r} contains '..'; refusing to read it")
+    if info.file_size > max_bytes:
+        raise DataError(
+            f"{archive}: member {name!r} declares {info.file_size} bytes, above the limit of "
+            f"{max_bytes} (max_member_bytes)"
+        )
+
+
+def _dicomdir_members(path: Path) -> list[Member]:
+    from pydicom.fileset import FileSet
+
+    try:
+        fs = FileSet(pydicom.dcmread(path))
+    except Exception as exc:
+        raise DataError(f"{path}: unreadable DICOMDIR ({exc})") from exc
+    members = []
+    for instance in fs:
+        p = Path(instance.path)
+        members.append(Member(str(p), lambda p=p: p))
+    return members
+
+
+@contextmanager
+def open_members(path: Path, max_member_bytes: int) -> Iterator[list[Member]]:
+    if not path.exists():
+        raise DataError(f"{path}: no such file or directory")
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        yield [Member(str(p), lambda p=p: p) for p in files]
+        return
+    if zipfile.is_zipfile(path):
+        try:
+            zf = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise DataError(f"{path}: unreadable ZIP archive ({exc})") from exc
+        with zf:
+            infos = [i for i in zf.infolist() if not i.is_dir()]
+            for info in infos:
+                _check_member_name(path, info, max_member_bytes)
+            yield [
+                Member(f"{path}:{i.filename}", lambda i=i: io.BytesIO(zf.read(i))) for i in infos
+            ]
+        return
+    try:
+        head = pydicom.dcmread(path, stop_before_pixels=True)
+    except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
+        raise DataError(f"{path}: not a DICOM file, directory or ZIP archive ({exc})") from exc
+    sop = str(getattr(head, "file_meta", {}).get("MediaStorageSOPClassUID", ""))
+    if sop == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in head:
+        yield _dicomdir_members(path)
+        return
+    yield [Member(str(path), lambda: path)]
