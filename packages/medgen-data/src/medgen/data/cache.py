@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -136,8 +137,8 @@ def build_or_load(
     if manifest is not None and manifest.get("config_hash") == config_hash(config):
         try:
             return load_cache(directory), manifest, True
-        except CacheError:
-            pass  # damaged: rebuild below
+        except CacheError as exc:  # damaged: say so, then rebuild below
+            warnings.warn(f"rebuilding damaged slice cache: {exc}", RuntimeWarning, stacklevel=2)
     slices = build()
     manifest = write_cache(directory, slices, config, n_bins)
     return slices, manifest, False
