@@ -10,8 +10,8 @@ Times, in ONE run on the same inputs, medians of repeated timings after warm-up:
   * DDIM step on (4, 4, 64, 64) and (1, 4, 32, 128, 128): medgen, medgen reference, diffusers'
     DDIMScheduler.step, MONAI's DDIMScheduler.step (if installed), the direct PyTorch formula.
 For every row: time, effective bandwidth (bytes that must be read and written / time), its fraction
-of the copy bandwidth at that size, and the speed ratio of medgen to it. Writes DIR/bench_cuda.json
-and DIR/bench_cuda.md.
+of the copy bandwidth at that size, and the speed ratio of medgen to it. Writes
+DIR/<timestamp>_cuda.json and DIR/<timestamp>_cuda.md (DIR defaults to bench/results).
 """
 
 from __future__ import annotations
@@ -253,7 +253,7 @@ def to_markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True, type=Path, help="output directory")
+    ap.add_argument("--out", type=Path, default=Path("bench/results"), help="output directory")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--budget", type=float, default=0.25, help="seconds of repeats per timing")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -277,11 +277,12 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": round(time.perf_counter() - t0, 1),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_cuda.json").write_text(json.dumps(result, indent=2))
+    stem = args.out / f"{result['meta']['timestamp'].replace(':', '')}_cuda"
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
     md = to_markdown(result)
-    (args.out / "bench_cuda.md").write_text(md)
+    stem.with_suffix(".md").write_text(md)
     print(md)
-    print(f"wrote {args.out / 'bench_cuda.json'} and bench_cuda.md in {result['meta']['wall_s']} s")
+    print(f"wrote {stem}.json and .md in {result['meta']['wall_s']} s")
     return 0
 
 

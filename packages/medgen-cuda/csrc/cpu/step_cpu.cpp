@@ -1,6 +1,7 @@
 // Fused sampler steps on the CPU (see medgen_kernels.h for the formula, _coeffs.py for the math).
 // Elements are split into chunks; within a chunk each run of one sample shares its coefficient
 // row, so the inner loop is a branch-free affine combination the compiler vectorizes for float.
+// Outputs are freshly allocated by the binding, so no pointer aliases another (restrict).
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -31,9 +32,10 @@ void for_each_run(int64_t n, int64_t coef_rows, int64_t per_row, F&& body) {
 }
 
 template <typename T, bool CLIP, bool NOISE>
-void affine_impl(const T* x, const T* m, const T* noise, const typename Acc<T>::type* coef,
-                 int64_t coef_rows, int64_t per_row, int64_t n, typename Acc<T>::type clip_value,
-                 T* xp_out, T* x0_out) {
+void affine_impl(const T* __restrict__ x, const T* __restrict__ m, const T* __restrict__ noise,
+                 const typename Acc<T>::type* coef, int64_t coef_rows, int64_t per_row, int64_t n,
+                 typename Acc<T>::type clip_value, T* __restrict__ xp_out,
+                 T* __restrict__ x0_out) {
   using A = typename Acc<T>::type;
   for_each_run(n, coef_rows, per_row, [&](int64_t row, int64_t i0, int64_t i1) {
     const A* k = coef + row * 5;
