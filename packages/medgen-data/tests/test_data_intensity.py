@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from medgen.data import WINDOW_PRESETS, percentile_scale, window
+from medgen.data import WINDOW_PRESETS, percentile_scale, window, zscore
 
 
 def test_soft_tissue_window_known_values():
@@ -37,3 +37,27 @@ def test_percentile_scale_range_and_order():
 def test_percentile_scale_constant_raises():
     with pytest.raises(ValueError, match="constant"):
         percentile_scale(np.ones((4, 4)))
+
+
+def test_zscore_uses_statistics_within_the_mask_only():
+    img = np.zeros((4, 6), dtype=np.float32)
+    img[1:3, 1:5] = np.arange(8, dtype=np.float32).reshape(2, 4)  # 0..7 inside the mask
+    mask = np.zeros_like(img, dtype=bool)
+    mask[1:3, 1:5] = True
+    out = zscore(img, mask)
+    inside = np.arange(8.0)
+    mu, sd = inside.mean(), inside.std()  # 3.5, sqrt(5.25)
+    np.testing.assert_allclose(out[mask], (inside - mu) / sd, rtol=1e-6)
+    np.testing.assert_allclose(out[~mask], (0.0 - mu) / sd, rtol=1e-6)  # same affine map outside
+    assert out.dtype == np.float32
+    np.testing.assert_allclose([out[mask].mean(), out[mask].std()], [0.0, 1.0], atol=1e-6)
+
+
+def test_zscore_rejects_empty_or_constant_masks():
+    img = np.ones((3, 3), dtype=np.float32)
+    with pytest.raises(ValueError, match="selects no voxel"):
+        zscore(img, np.zeros((3, 3), dtype=bool))
+    with pytest.raises(ValueError, match="constant"):
+        zscore(img)
+    with pytest.raises(ValueError, match="mask shape"):
+        zscore(img, np.ones((2, 2), dtype=bool))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -45,15 +45,51 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory and a rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def temp_file(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
+    """Create ``.<name>.<random><suffix>`` beside ``path`` (mode 0666 minus the umask, unlike
+    ``mkstemp``'s 0600, so a cache shared by a group stays readable). Returns (fd, name)."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}{suffix}"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), str(tmp)
+        except FileExistsError:
+            continue
+    raise CacheError(f"{path.parent}: cannot create a temporary file for {path.name}")
+
+
+def fsync_dir(directory: Path) -> None:
+    """Persist a rename in ``directory`` (best effort where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(
+    path: Path, data: bytes, write: Callable[[object, bytes], object] | None = None
+) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same directory and a rename.
+
+    ``write(fh, data)`` replaces ``fh.write(data)`` (e.g. a chunked writer); the file is then
+    flushed, fsynced, renamed into place and the directory fsynced.
+    """
+    fd, tmp = temp_file(path)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            if write is None:
+                fh.write(data)
+            else:
+                write(fh, data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -71,7 +107,7 @@ def write_cache(directory: str | Path, slices: SliceSet, config: dict, n_bins: i
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / MANIFEST).unlink(missing_ok=True)  # mark incomplete until the end
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{ARRAYS_FILE}.", suffix=".tmp.npz")
+    fd, tmp = temp_file(directory / ARRAYS_FILE, suffix=".tmp.npz")
     os.close(fd)
     try:
         np.savez(tmp, **{k: getattr(slices, k) for k in SliceSet.ARRAYS})

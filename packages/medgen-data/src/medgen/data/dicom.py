@@ -2,8 +2,14 @@
 
 Design choices (see also :mod:`medgen.data.dicom_geometry` for the tolerances):
 
-- Files are grouped by SeriesInstanceUID. Files that are not DICOM (no ``DICM`` preamble),
-  DICOMDIR files and DICOM objects without a SeriesInstanceUID are skipped and counted.
+- Files are grouped by SeriesInstanceUID. Files that are not DICOM (READMEs, viewers, ...)
+  are ignored, counted by :func:`list_series` and named in a warning by :func:`read_dicom`;
+  DICOMDIR files are skipped silently. A file that starts like DICOM (``DICM`` preamble) but
+  cannot be parsed, or lacks its SeriesInstanceUID, is an error in :func:`read_dicom`: it
+  may be a slice of the series, and dropping it silently would make a gap.
+- Geometry problems (duplicate positions, gaps, non-uniform spacing, tilt, mixed
+  orientations or sizes) are errors naming the series; ``on_irregular="resample"`` resamples
+  gaps and non-uniform spacing onto uniform spacing instead (:mod:`.dicom_regrid`).
 - Slices are ordered by ImagePositionPatient projected on the slice normal (row x col of
   ImageOrientationPatient), ascending, never by InstanceNumber. The slice spacing comes from
   the positions, never from SliceThickness.
@@ -29,23 +35,32 @@ Design choices (see also :mod:`medgen.data.dicom_geometry` for the tolerances):
 
 from __future__ import annotations
 
-import hashlib
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.errors import InvalidDicomError
 
 from medgen.data.dicom_geometry import GeometryError, stack_geometry
-from medgen.data.dicom_sources import DICOMDIR_SOP_CLASS, MAX_MEMBER_BYTES, Member, open_members
+from medgen.data.dicom_multiframe import read_multiframe
+from medgen.data.dicom_pixels import PIXEL_TAGS, decode, n_frames, rescale
+from medgen.data.dicom_regrid import regrid_slices
+from medgen.data.dicom_sources import (
+    DICOMDIR_SOP_CLASS,
+    MAX_MEMBER_BYTES,
+    Member,
+    has_preamble,
+    open_members,
+    truncated_element,
+)
 from medgen.data.errors import DataError
-from medgen.data.volume import Volume
+from medgen.data.volume import Volume, pseudonym
 
-DEFAULT_SALT = "medgen-dicom-v1"
-_PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+# The scan reads each file once; values longer than this (pixel data) are read only when the
+# series is decoded, straight from the file. ZIP members are scanned without pixels and read
+# again when their series is decoded, so that only one series is inflated at a time.
+DEFER_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -66,43 +81,76 @@ class SeriesList(list):
     skipped: int = 0
 
 
-def _salt(salt: str | None) -> str:
-    return salt if salt is not None else os.environ.get("MEDGEN_ID_SALT", DEFAULT_SALT)
-
-
 def series_key(series_uid: str, salt: str | None = None) -> str:
     """The pseudonymous key of a SeriesInstanceUID (16 hex characters)."""
-    return hashlib.sha256(f"{_salt(salt)}\0{series_uid}".encode()).hexdigest()[:16]
+    return pseudonym(series_uid, salt)
 
 
 def _read_header(member: Member):
-    """The header without pixels, or None when the member is not image DICOM."""
+    """``(header without pixels, "")``, or ``(None, reason)`` when not image DICOM."""
+    source = member.open()  # a ZIP member that cannot be inflated is a DataError here
     try:
-        ds = pydicom.dcmread(member.open(), stop_before_pixels=True)
-    except (InvalidDicomError, EOFError, OSError, ValueError, TypeError):
-        return None
+        if member.in_memory:  # do not keep every inflated ZIP member alive
+            ds = pydicom.dcmread(source, stop_before_pixels=True)
+        else:
+            ds = pydicom.dcmread(source, defer_size=DEFER_BYTES)
+    except DataError:
+        raise
+    except Exception as exc:  # pydicom raises struct.error, KeyError, ... on junk, not only these
+        if not has_preamble(member):
+            return None, "not DICOM"
+        return None, f"corrupt DICOM ({type(exc).__name__}: {exc})"
     sop = str(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", ""))
-    if sop == DICOMDIR_SOP_CLASS or "SeriesInstanceUID" not in ds:
-        return None
-    return ds
+    if sop == DICOMDIR_SOP_CLASS:
+        return None, "DICOMDIR"
+    cut = truncated_element(ds, source, skip=PIXEL_TAGS)
+    if cut:
+        return None, f"corrupt DICOM (truncated inside {cut})"
+    if "SeriesInstanceUID" not in ds:
+        # Type 1 in every composite IOD: a Part 10 file without it is truncated or broken
+        return None, "corrupt DICOM (no SeriesInstanceUID)" if has_preamble(member) else ""
+    return ds, ""
 
 
 def _scan(members: list[Member], salt: str | None):
-    """Group headers by series key. Returns ({key: [(member, header)]}, skipped)."""
+    """Group headers by series key. Returns ({key: [(member, header)]}, [(name, reason)])."""
     groups: dict[str, list] = {}
-    skipped = 0
+    skipped = []
     for member in members:
-        ds = _read_header(member)
+        ds, reason = _read_header(member)
         if ds is None:
-            skipped += 1
+            skipped.append((member.name, reason))
             continue
         groups.setdefault(series_key(str(ds.SeriesInstanceUID), salt), []).append((member, ds))
     return groups, skipped
 
 
+def _check_skipped(path: Path, skipped: list) -> None:
+    """Ignore files that are not DICOM (exports carry READMEs, viewers, ...) with a warning;
+    refuse corrupt DICOM files: one of them may be a slice of the series being read."""
+    for name, reason in skipped:
+        if reason.startswith("corrupt"):
+            raise DataError(
+                f"{path}: {name} is a truncated or corrupt DICOM file: {reason}; a slice may "
+                "be missing, so the series is not read (remove or replace the file)"
+            )
+    prefix = str(path)
+    names = [
+        name.removeprefix(prefix).lstrip("/:") or name
+        for name, reason in skipped
+        if reason != "DICOMDIR"
+    ]
+    if names:
+        shown = ", ".join(names[:3]) + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
+        warnings.warn(
+            f"{path}: ignored {len(names)} file(s) that are not image DICOM: {shown}",
+            stacklevel=3,
+        )
+
+
 def _info(key: str, items: list) -> SeriesInfo:
     ds = items[0][1]
-    frames = _n_frames(ds)
+    frames = n_frames(ds)
     n = frames if len(items) == 1 else len(items)
     return SeriesInfo(
         key=key,
@@ -112,6 +160,11 @@ def _info(key: str, items: list) -> SeriesInfo:
         cols=int(ds.Columns) if "Columns" in ds else None,
         description=str(ds.get("SeriesDescription", "") or "")[:64],
     )
+
+
+def _infos(groups: dict) -> list[SeriesInfo]:
+    """The series of ``groups``, largest first, ties by key."""
+    return sorted((_info(k, v) for k, v in groups.items()), key=lambda s: (-s.n_slices, s.key))
 
 
 def list_series(
@@ -124,9 +177,9 @@ def list_series(
     path = Path(path)
     with open_members(path, max_member_bytes) as members:
         groups, skipped = _scan(members, salt)
-    infos = sorted((_info(k, v) for k, v in groups.items()), key=lambda s: (-s.n_slices, s.key))
+    infos = _infos(groups)
     result = SeriesList(infos)
-    result.skipped = skipped
+    result.skipped = len(skipped)
     return result
 
 
@@ -145,7 +198,7 @@ def _choose(path: Path, groups: dict, series: str | None, salt: str | None) -> s
         raise DataError(
             f"{path}: no series {shown}; available series keys: {sorted(groups)} (see list_series)"
         )
-    infos = sorted((_info(k, v) for k, v in groups.items()), key=lambda s: (-s.n_slices, s.key))
+    infos = _infos(groups)
     chosen = infos[0]
     if len(infos) > 1:
         others = ", ".join(f"{s.key} ({s.n_slices} slices, {s.description!r})" for s in infos[1:])
@@ -158,59 +211,18 @@ def _choose(path: Path, groups: dict, series: str | None, salt: str | None) -> s
     return chosen.key
 
 
-def _n_frames(ds, default: int | None = 1) -> int:
-    """NumberOfFrames as an int; a malformed value is a DataError (or ``default`` if given)."""
-    value = ds.get("NumberOfFrames", 1)
-    try:
-        return int(value or 1)
-    except (TypeError, ValueError):
-        if default is not None:
-            return default
-        raise DataError(f"invalid NumberOfFrames {value!r}") from None
+def _size(ds) -> tuple[int, int]:
+    return int(ds.Rows or 0), int(ds.Columns or 0)
 
 
-def _decode(member: Member, ds, where: str) -> np.ndarray:
-    """The stored pixel values (one frame: (rows, cols); several: (frames, rows, cols))."""
-    if not any(t in ds for t in _PIXEL_TAGS):
-        raise DataError(f"{where}: missing pixel data in {member.name}")
-    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
-        raise DataError(
-            f"{where}: {member.name} is a colour image (SamplesPerPixel "
-            f"{ds.SamplesPerPixel}); only greyscale series are volumes"
-        )
-    try:
-        return ds.pixel_array
-    except Exception as exc:  # pydicom raises several types for truncated/compressed data
-        raise DataError(
-            f"{where}: cannot decode the pixel data of {member.name} (truncated file or "
-            f"unsupported compression: {exc})"
-        ) from exc
+def _pixel_spacing(ds) -> tuple[float, ...]:
+    return tuple(float(v) for v in ds.PixelSpacing or [])
 
 
-def _rescale(stored: np.ndarray, item, fallback=None) -> tuple[np.ndarray, bool]:
-    """Apply RescaleSlope/Intercept from ``item`` (else ``fallback``) to float32."""
-    for source in (item, fallback):
-        if source is not None and ("RescaleSlope" in source or "RescaleIntercept" in source):
-            slope = float(source.get("RescaleSlope", 1.0) or 1.0)
-            intercept = float(source.get("RescaleIntercept", 0.0) or 0.0)
-            return (stored.astype(np.float64) * slope + intercept).astype(np.float32), True
-    if item is not None and "ModalityLUTSequence" in item:
-        from pydicom.pixels import apply_modality_lut
-
-        return np.asarray(apply_modality_lut(stored, item), dtype=np.float32), True
-    return stored.astype(np.float32), False
-
-
-def _classic(where: str, datasets: list):
+def _classic(where: str, datasets: list, allow_irregular: bool):
     """One single-frame file per slice -> (array, geometry, pixel spacing, rescaled)."""
-    sizes = {(int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)) for _, ds in datasets}
-    if len(sizes) > 1:
-        raise DataError(f"{where}: mixed rows/columns between slices: {sorted(sizes)}")
-    spacings = {tuple(float(v) for v in ds.get("PixelSpacing", []) or []) for _, ds in datasets}
-    if len(spacings) > 1:
-        raise DataError(f"{where}: mixed PixelSpacing between slices: {sorted(spacings)}")
-    for member, ds in datasets:
-        if not any(t in ds for t in _PIXEL_TAGS):
+    for member, ds in datasets:  # per-file checks first, so that messages name the file
+        if not any(t in ds for t in PIXEL_TAGS):
             raise DataError(f"{where}: missing pixel data in {member.name}")
         missing = [t for t in ("ImagePositionPatient", "ImageOrientationPatient") if t not in ds]
         if missing:
@@ -218,106 +230,59 @@ def _classic(where: str, datasets: list):
                 f"{where}: {member.name} has no {' or '.join(missing)} (not a cross-sectional "
                 "image, e.g. a projection radiograph); cannot place it in 3D"
             )
-        if "PixelSpacing" not in ds:
-            raise DataError(f"{where}: {member.name} has no PixelSpacing")
+        for tag in ("PixelSpacing", "Rows", "Columns"):
+            if tag not in ds:
+                raise DataError(f"{where}: {member.name} has no {tag}")
+    for what, value in (("rows/columns", _size), ("PixelSpacing", _pixel_spacing)):
+        values = {value(ds) for _, ds in datasets}
+        if len(values) > 1:
+            (first, ref), (odd, ds) = (
+                datasets[0],
+                next((m, ds) for m, ds in datasets if value(ds) != value(datasets[0][1])),
+            )
+            raise DataError(
+                f"{where}: mixed {what} between slices: {sorted(values)} ({odd.name} has "
+                f"{value(ds)}, {first.name} has {value(ref)})"
+            )
     try:
         geom = stack_geometry(
             [ds.ImagePositionPatient for _, ds in datasets],
             [ds.ImageOrientationPatient for _, ds in datasets],
+            allow_irregular,
         )
     except GeometryError as exc:
         raise DataError(f"{where}: {exc}") from exc
-    slices, rescaled = [], False
-    for i in geom.order:
+    rows, cols = _size(datasets[0][1])
+    volume, rescaled = np.empty((len(datasets), rows, cols), np.float32), False
+    for k, i in enumerate(geom.order):
         member, ds = datasets[i]
-        stored = _decode(member, ds, where)
-        if stored.shape != (int(ds.Rows), int(ds.Columns)):
+        stored = decode(member, ds, where)
+        if stored.shape != (rows, cols):
             raise DataError(
                 f"{where}: {member.name} pixel data has shape {stored.shape}, header says "
-                f"{int(ds.Rows)}x{int(ds.Columns)}"
+                f"{rows}x{cols}"
             )
-        values, rescaled = _rescale(stored, ds)
-        slices.append(values)
+        _, rescaled = rescale(stored, ds, out=volume[k])
     pixel_spacing = tuple(float(v) for v in datasets[0][1].PixelSpacing)
-    return np.stack(slices, axis=0), geom, pixel_spacing, rescaled
+    return volume, geom, pixel_spacing, rescaled
 
 
-def _group_value(item, shared, sequence: str, keyword: str):
-    """``keyword`` from the functional group ``sequence`` of a frame, else the shared groups."""
-    for container in (item, shared):
-        if container is not None and sequence in container and len(container[sequence].value):
-            group = container[sequence][0]
-            if keyword in group and group[keyword].value not in (None, ""):
-                return group[keyword].value, group
-    return None, None
-
-
-def _multiframe(where: str, member: Member, ds):
-    """An Enhanced (functional-group) multi-frame file -> (array, geometry, spacing, rescaled).
-
-    Geometry comes from each frame's PlanePositionSequence / PlaneOrientationSequence (per frame
-    or shared); a frame without a position is an error: no position is ever invented.
-    """
-    frames = _n_frames(ds, default=None)
-    if "PerFrameFunctionalGroupsSequence" not in ds:
-        raise DataError(
-            f"{where}: {member.name} is a multi-frame file ({frames} frames) without "
-            "PerFrameFunctionalGroupsSequence, so frame positions are unknown; refusing to "
-            "invent them"
-        )
-    per_frame = ds.PerFrameFunctionalGroupsSequence
-    if len(per_frame) != frames:
-        raise DataError(
-            f"{where}: {member.name} has {frames} frames but {len(per_frame)} "
-            "PerFrameFunctionalGroupsSequence items"
-        )
-    shared_seq = ds.get("SharedFunctionalGroupsSequence")
-    shared = shared_seq[0] if shared_seq else None
-    positions, orientations, spacings = [], [], set()
-    for f, item in enumerate(per_frame):
-        pos, _ = _group_value(item, shared, "PlanePositionSequence", "ImagePositionPatient")
-        iop, _ = _group_value(item, shared, "PlaneOrientationSequence", "ImageOrientationPatient")
-        px, _ = _group_value(item, shared, "PixelMeasuresSequence", "PixelSpacing")
-        for value, what in ((pos, "PlanePositionSequence"), (iop, "PlaneOrientationSequence")):
-            if value is None:
-                raise DataError(f"{where}: {member.name} frame {f + 1} has no {what} geometry")
-        if px is None:
-            raise DataError(f"{where}: {member.name} frame {f + 1} has no PixelSpacing")
-        positions.append(pos)
-        orientations.append(iop)
-        spacings.add(tuple(float(v) for v in px))
-    if len(spacings) > 1:
-        raise DataError(f"{where}: mixed PixelSpacing between frames: {sorted(spacings)}")
-    try:
-        geom = stack_geometry(positions, orientations)
-    except GeometryError as exc:
-        raise DataError(f"{where}: {exc} (frames of {member.name})") from exc
-    stored = _decode(member, ds, where)
-    stored = stored.reshape(frames, int(ds.Rows), int(ds.Columns))
-    slices, rescaled = [], False
-    for f in geom.order:
-        _, group = _group_value(
-            per_frame[f], shared, "PixelValueTransformationSequence", "RescaleSlope"
-        )
-        values, rescaled = _rescale(stored[f], group, fallback=ds)
-        slices.append(values)
-    return np.stack(slices, axis=0), geom, spacings.pop(), rescaled
-
-
-def _read_series(path: Path, key: str, items: list) -> Volume:
+def _read_series(path: Path, key: str, items: list, on_irregular: str) -> Volume:
     where = f"{path}: series {key}"
-    datasets = []
-    for member, _ in items:
-        try:
-            ds = pydicom.dcmread(member.open())
-        except Exception as exc:
-            raise DataError(f"{where}: cannot read {member.name} ({exc})") from exc
+    allow_irregular = on_irregular == "resample"
+    datasets = []  # headers from the scan; pixel data is read on first access
+    for member, ds in items:
+        if member.in_memory:
+            try:
+                ds = pydicom.dcmread(member.open())
+            except Exception as exc:
+                raise DataError(f"{where}: cannot read {member.name} ({exc})") from exc
         datasets.append((member, ds))
     try:
         multi = [
             (m, ds)
             for m, ds in datasets
-            if _n_frames(ds, default=None) > 1 or "PerFrameFunctionalGroupsSequence" in ds
+            if n_frames(ds, default=None) > 1 or "PerFrameFunctionalGroupsSequence" in ds
         ]
     except DataError as exc:
         raise DataError(f"{where}: {exc}") from exc
@@ -327,9 +292,18 @@ def _read_series(path: Path, key: str, items: list) -> Volume:
             "made of several multi-frame files is not supported"
         )
     if multi:
-        array, geom, pixel_spacing, rescaled = _multiframe(where, *multi[0])
+        array, geom, pixel_spacing, rescaled = read_multiframe(where, *multi[0], allow_irregular)
     else:
-        array, geom, pixel_spacing, rescaled = _classic(where, datasets)
+        array, geom, pixel_spacing, rescaled = _classic(where, datasets, allow_irregular)
+    if geom.irregular:
+        n_read = array.shape[0]
+        array = regrid_slices(array, geom.along, geom.slice_spacing)
+        warnings.warn(
+            f"{where}: {geom.irregular}; resampled {n_read} slices onto {array.shape[0]} "
+            f"uniform slices {geom.slice_spacing:.4g} mm apart by linear interpolation along "
+            "the slice normal (on_irregular='resample')",
+            stacklevel=3,
+        )
 
     first = datasets[0][1]
     if array.shape[0] > 1:
@@ -344,15 +318,21 @@ def _read_series(path: Path, key: str, items: list) -> Volume:
         "n_slices": int(array.shape[0]),
         "slice_spacing_source": dz_source,
         "rescaled": rescaled,
+        "resampled_slices": bool(geom.irregular),
         "description": str(first.get("SeriesDescription", "") or "")[:64],
     }
     try:
         meta["slice_thickness"] = float(first.SliceThickness)  # informational only
     except (AttributeError, TypeError, ValueError):
         pass
+    spacing = (float(dz), *pixel_spacing)
+    if len(spacing) != 3 or not all(np.isfinite(spacing)) or min(spacing) <= 0:
+        raise DataError(
+            f"{where}: PixelSpacing {list(pixel_spacing)} is not two positive numbers (mm)"
+        )
     return Volume(
         array=array,
-        spacing=(float(dz), *pixel_spacing),
+        spacing=spacing,
         origin=geom.origin,
         direction=geom.direction,
         modality=str(first.get("Modality", "OT") or "OT"),
@@ -367,6 +347,7 @@ def read_dicom(
     *,
     salt: str | None = None,
     max_member_bytes: int = MAX_MEMBER_BYTES,
+    on_irregular: str = "error",
 ) -> Volume:
     """Read one DICOM series into a float32 :class:`Volume` (``(z, y, x)``, LPS geometry).
 
@@ -375,9 +356,16 @@ def read_dicom(
     only series, or the largest one with a warning naming it and the others.
     Raises :class:`DataError` naming the path/series and the problem (no series, unknown
     series, geometry errors, missing or undecodable pixel data).
+    ``on_irregular``: ``"error"`` (default) or ``"resample"``: a gap or non-uniform slice
+    spacing is then resampled onto uniform spacing by linear interpolation along the slice
+    normal, with a warning naming the series (:mod:`medgen.data.dicom_regrid`). Files that are
+    not image DICOM are ignored with a warning naming them.
     """
+    if on_irregular not in ("error", "resample"):
+        raise ValueError(f"on_irregular must be 'error' or 'resample', got {on_irregular!r}")
     path = Path(path)
     with open_members(path, max_member_bytes) as members:
-        groups, _ = _scan(members, salt)
+        groups, skipped = _scan(members, salt)
+        _check_skipped(path, skipped)
         key = _choose(path, groups, series, salt)
-        return _read_series(path, key, groups[key])
+        return _read_series(path, key, groups[key], on_irregular)

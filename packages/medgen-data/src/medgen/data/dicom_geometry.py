@@ -18,6 +18,13 @@ Tolerances (one place, documented):
   perpendicular to the normal) may be at most ``0.01 mm + 1e-3 x`` the distance along the
   normal (about 0.06 degrees). More than that is a gantry tilt / sheared stack, which a
   ``(z, y, x)`` volume with an orthonormal direction matrix cannot represent.
+
+With ``allow_irregular=True`` a gap or non-uniform spacing is not an error: the geometry then
+describes a uniform grid from the first to the last slice whose step is the smallest step
+between input slices, shortened so that both end slices are kept (``length / ceil(length /
+smallest - 0.05)``), and ``irregular`` says what was wrong;
+:mod:`medgen.data.dicom_regrid` interpolates the slices onto it. Duplicate positions, tilt and
+mixed orientations stay errors: no interpolation along the normal repairs them.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ ORTHONORMAL_ATOL = 1e-3
 POSITION_ATOL_MM = 0.01
 SPACING_RTOL = 0.01
 TILT_TOL = 1e-3
+MAX_REGRID_FACTOR = 4  # resampling may create at most 4x as many slices as were read
+REGRID_SLACK = 0.05  # a step up to 5 % above the smallest one is kept rather than split
 
 
 class GeometryError(ValueError):
@@ -45,6 +54,8 @@ class StackGeometry:
     slice_spacing: float  # mm between slices, from positions
     origin: tuple[float, float, float]  # LPS position of the first slice in ``order``
     direction: np.ndarray  # 3x3, columns = LPS directions of the (z, y, x) array axes
+    irregular: str = ""  # with allow_irregular: the gap / non-uniform spacing that was found
+    along: tuple[float, ...] = ()  # with irregular: sorted slice offsets (mm) from the first
 
 
 def normal_from_orientation(iop) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -70,7 +81,7 @@ def normal_from_orientation(iop) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return row, col, normal / np.linalg.norm(normal)
 
 
-def stack_geometry(positions, orientations) -> StackGeometry:
+def stack_geometry(positions, orientations, allow_irregular: bool = False) -> StackGeometry:
     """Order slices along the normal and derive spacing/origin/direction; check regularity.
 
     ``positions``: N ImagePositionPatient triples; ``orientations``: N ImageOrientationPatient
@@ -78,6 +89,8 @@ def stack_geometry(positions, orientations) -> StackGeometry:
     do), never by InstanceNumber. Raises :class:`GeometryError` for mixed orientations,
     non-orthogonal directions, duplicate positions, gaps, non-uniform spacing and gantry tilt.
     A single slice gets ``slice_spacing = 0.0``; the caller chooses a value.
+    ``allow_irregular``: return a uniform target grid for gaps / non-uniform spacing instead
+    of raising (see the module docstring).
     """
     pos = np.asarray([[float(v) for v in p] for p in positions], dtype=np.float64)
     if pos.ndim != 2 or pos.shape[1] != 3 or not np.isfinite(pos).all():
@@ -111,22 +124,9 @@ def stack_geometry(positions, orientations) -> StackGeometry:
             f"order) lie {base:.4g} mm apart along the normal (position "
             f"{pos[order[dup]].round(3).tolist()})"
         )
-    tol = max(POSITION_ATOL_MM, SPACING_RTOL * base)
-    bad = np.abs(steps - base) > tol
-    if bad.any():
-        i = int(np.argmax(np.abs(steps - base)))
-        ratio = steps[i] / base
-        k = round(ratio)
-        if k >= 2 and abs(steps[i] - k * base) <= tol * k:
-            raise GeometryError(
-                f"gap: about {k - 1} missing slice(s) between positions {along[i]:.3f} and "
-                f"{along[i + 1]:.3f} mm along the normal (step {steps[i]:.4g} mm, series step "
-                f"{base:.4g} mm)"
-            )
-        raise GeometryError(
-            f"non-uniform spacing: steps between slices range from {base:.4g} to "
-            f"{float(steps.max()):.4g} mm (tolerance {tol:.3g} mm)"
-        )
+    problem = _irregularity(steps, along, base)
+    if problem and not allow_irregular:
+        raise GeometryError(problem)
 
     first, last = pos[order[0]], pos[order[-1]]
     delta = last - first
@@ -138,7 +138,45 @@ def stack_geometry(positions, orientations) -> StackGeometry:
             f"gantry tilt: slice positions drift {drift:.3g} mm in-plane over {length:.3g} mm "
             f"(about {angle:.2f} degrees between the slice normal and the stacking direction)"
         )
-    spacing = length / (len(pos) - 1)
+    n_out = len(pos)
+    if problem:
+        n_out = int(np.ceil(length / base - REGRID_SLACK)) + 1
+        if n_out > MAX_REGRID_FACTOR * len(pos):
+            raise GeometryError(
+                f"{problem}; not resampled: a uniform {base:.4g} mm grid would need {n_out} "
+                f"slices for {len(pos)} read (more than {MAX_REGRID_FACTOR}x)"
+            )
+    spacing = length / (n_out - 1)
     return StackGeometry(
-        tuple(int(i) for i in order), spacing, tuple(float(v) for v in first), direction
+        tuple(int(i) for i in order),
+        spacing,
+        tuple(float(v) for v in first),
+        direction,
+        irregular=problem,
+        along=tuple(float(a - along[0]) for a in along) if problem else (),
     )
+
+
+def _irregularity(steps: np.ndarray, along: np.ndarray, base: float) -> str:
+    """'' for uniform steps, else a message naming the gap or the non-uniform spacing."""
+    tol = max(POSITION_ATOL_MM, SPACING_RTOL * base)
+    bad = np.abs(steps - base) > tol
+    if not bad.any():
+        return ""
+    i = int(np.argmax(np.abs(steps - base)))
+    k = round(steps[i] / base)
+    if k >= 2 and _multiples(steps, base, tol).all():
+        return (
+            f"gap: about {k - 1} missing slice(s) between positions {along[i]:.3f} and "
+            f"{along[i + 1]:.3f} mm along the normal (step {steps[i]:.4g} mm, series step "
+            f"{base:.4g} mm)"
+        )
+    return (
+        f"non-uniform spacing: steps between slices range from {base:.4g} to "
+        f"{float(steps.max()):.4g} mm (tolerance {tol:.3g} mm)"
+    )
+
+
+def _multiples(steps: np.ndarray, base: float, tol: float) -> np.ndarray:
+    k = np.maximum(np.round(steps / base), 1)
+    return np.abs(steps - k * base) <= tol * k

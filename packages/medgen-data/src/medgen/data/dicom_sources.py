@@ -2,20 +2,26 @@
 
 ZIP archives are read in memory (nothing is extracted). Members with absolute paths or ``..``
 components, and members whose declared size exceeds ``max_member_bytes``, are rejected with a
-:class:`DataError` naming the member.
+:class:`DataError` naming the member, and so are members that cannot be inflated.
+:func:`has_preamble` and :func:`truncated_element` are the byte-level checks the scan makes.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import pydicom
+from pydicom.datadict import keyword_for_tag
+from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
+from pydicom.tag import Tag
 
 from medgen.data.errors import DataError
 
@@ -29,6 +35,7 @@ class Member:
 
     name: str  # shown in error messages: a path, or "archive.zip:member"
     open: Callable[[], object]  # returns a path or a binary file object for dcmread
+    in_memory: bool = False  # opening it inflates a ZIP member into memory
 
 
 def _check_member_name(archive: Path, info: zipfile.ZipInfo, max_bytes: int) -> None:
@@ -43,6 +50,23 @@ def _check_member_name(archive: Path, info: zipfile.ZipInfo, max_bytes: int) -> 
             f"{archive}: member {name!r} declares {info.file_size} bytes, above the limit of "
             f"{max_bytes} (max_member_bytes)"
         )
+
+
+def _inflate(archive: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> io.BytesIO:
+    """A member's bytes; damaged, encrypted or oddly compressed members are a DataError."""
+    try:
+        return io.BytesIO(zf.read(info))
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        EOFError,
+        OSError,
+        RuntimeError,
+        NotImplementedError,
+    ) as exc:
+        raise DataError(
+            f"{archive}: member {info.filename!r} cannot be read ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def _dicomdir_members(path: Path) -> list[Member]:
@@ -77,7 +101,8 @@ def open_members(path: Path, max_member_bytes: int) -> Iterator[list[Member]]:
             for info in infos:
                 _check_member_name(path, info, max_member_bytes)
             yield [
-                Member(f"{path}:{i.filename}", lambda i=i: io.BytesIO(zf.read(i))) for i in infos
+                Member(f"{path}:{i.filename}", lambda i=i: _inflate(path, zf, i), True)
+                for i in infos
             ]
         return
     try:
@@ -89,3 +114,39 @@ def open_members(path: Path, max_member_bytes: int) -> Iterator[list[Member]]:
         yield _dicomdir_members(path)
         return
     yield [Member(str(path), lambda: path)]
+
+
+def has_preamble(member: Member) -> bool:
+    """Whether the member starts like a DICOM Part 10 file (``DICM`` at byte 128)."""
+    source = member.open()
+    try:
+        if isinstance(source, str | Path):
+            with open(source, "rb") as fh:
+                return fh.read(132)[128:] == b"DICM"
+        return source.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
+def truncated_element(ds, source, skip=()) -> str:
+    """The keyword of the last header element when its value runs past the end of the file.
+
+    pydicom reads a value cut short by the end of the file without complaint, so a file
+    truncated inside its header would otherwise pass (e.g. as a series of its own, with a cut
+    SeriesInstanceUID). Elements in ``skip`` (pixel data) are left to the decoder.
+    """
+    tags = list(ds.keys())
+    if not tags:
+        return ""
+    elem = ds.get_item(max(tags))
+    if not isinstance(elem, RawDataElement) or elem.length == 0xFFFFFFFF:
+        return ""
+    if elem.tag in {Tag(t) for t in skip}:
+        return ""
+    if isinstance(source, str | Path):
+        size = os.path.getsize(source)
+    else:
+        size = len(source.getbuffer())
+    if elem.value_tell + elem.length <= size:
+        return ""
+    return keyword_for_tag(elem.tag) or str(elem.tag)

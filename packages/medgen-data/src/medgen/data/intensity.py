@@ -58,3 +58,19 @@ def percentile_scale(
     if hi <= lo:
         raise ValueError(f"percentile_scale: constant image (p{lower}={lo}, p{upper}={hi})")
     return to_signed_unit(np.clip((image - lo) / (hi - lo), 0.0, 1.0))
+
+
+def zscore(image: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """MR normalisation: (image - mean) / std with the statistics taken within ``mask`` (e.g. a
+    brain mask, so that background air does not set the scale). Voxels outside the mask are
+    transformed with the same affine map. float32 in, float32 out; statistics in float64."""
+    image = np.asarray(image, dtype=np.float32)
+    if mask is not None and np.shape(mask) != image.shape:
+        raise ValueError(f"zscore: mask shape {np.shape(mask)} != image shape {image.shape}")
+    values = image[np.asarray(mask, dtype=bool)] if mask is not None else image.ravel()
+    if values.size == 0:
+        raise ValueError("zscore: the mask selects no voxel")
+    mean, std = values.mean(dtype=np.float64), values.std(dtype=np.float64)
+    if not std > 0:
+        raise ValueError(f"zscore: constant intensities within the mask (value {mean:g})")
+    return ((image - mean) / std).astype(np.float32)

@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
+
+DEFAULT_SALT = "medgen-dicom-v1"
+
+
+def pseudonym(value: str, salt: str | None = None) -> str:
+    """16 hex characters of ``sha256(salt NUL value)``: the id MedGen keeps instead of ``value``.
+
+    ``salt``: else the ``MEDGEN_ID_SALT`` environment variable, else a fixed public default
+    (stable ids, but only a pseudonym while the salt is secret).
+    """
+    salt = salt if salt is not None else os.environ.get("MEDGEN_ID_SALT", DEFAULT_SALT)
+    return hashlib.sha256(f"{salt}\0{value}".encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
