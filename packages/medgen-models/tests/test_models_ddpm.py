@@ -70,3 +70,58 @@ def test_min_snr_closed_forms():
     torch.testing.assert_close(
         min_snr_weight(snr, "v"), torch.tensor([0.1 / 1.1, 0.5, 5 / 6, 5 / 51])
     )
+
+
+def test_add_noise_at_t0_is_the_closed_form():
+    """DDPM's t = 0 is the first noised step: x_0 = sqrt(1 - beta_0) x0 + sqrt(beta_0) eps,
+    exactly (float64), so it is x0 up to sqrt(beta_0) = 1e-2 for the linear schedule."""
+    s = DDPM(schedules.linear(1000))
+    x0 = torch.randn(4, 1, 8, 8, dtype=torch.float64)
+    eps = torch.randn_like(x0)
+    x_t = s.add_noise(x0, eps, torch.zeros(4, dtype=torch.long))
+    torch.testing.assert_close(x_t, (1 - 1e-4) ** 0.5 * x0 + 1e-2 * eps, rtol=0, atol=1e-13)
+
+
+def test_monai_add_noise_recasts_its_table():
+    """Documented MONAI difference: ``Scheduler.add_noise`` permanently recasts its stored
+    ``alphas_cumprod`` to the input dtype (bf16 here), so later float32 calls see a bf16 table.
+    Ours stays float64 (test above) and a float32 call after a bf16 call is unaffected."""
+    monai_sched = pytest.importorskip("monai.networks.schedulers")
+    m = monai_sched.DDPMScheduler(1000, schedule="cosine")
+    x = torch.randn(2, 1, 4, 4)
+    m.add_noise(x.bfloat16(), x.bfloat16(), torch.tensor([10, 900]))
+    assert m.alphas_cumprod.dtype == torch.bfloat16
+    ours = DDPM(schedules.cosine(1000))
+    t = torch.tensor([10, 900])
+    before = ours.add_noise(x, x, t)
+    ours.add_noise(x.bfloat16(), x.bfloat16(), t)
+    assert torch.equal(ours.add_noise(x, x, t), before)
+
+
+@pytest.mark.parametrize("prediction", ["v", "sample"])
+def test_x0_recovery_with_zero_terminal_snr(prediction):
+    """Zero terminal SNR (Lin et al. 2024) with v or x0 prediction: x0 at every t incl. T-1."""
+    strategy = DDPM(schedules.make("cosine", 1000, zero_terminal_snr=True), prediction)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand((1000, 1, 8, 8), generator=g) * 2 - 1
+    noise = torch.randn(x0.shape, generator=g)
+    t = torch.arange(1000)
+    x_t = strategy.add_noise(x0, noise, t)
+    torch.testing.assert_close(x_t[-1], noise[-1])  # pure noise at T-1
+    x0_hat = strategy.predict_x0(x_t, strategy.training_target(x0, noise, t), t)
+    assert min(psnr(x0_hat[i], x0[i]) for i in range(1000)) > 40
+
+
+def test_config_round_trip_through_yaml():
+    yaml = pytest.importorskip("yaml")
+    from medgen.models import strategy_from_config
+
+    s = DDPM(schedules.make("gamma_rebalanced", 500, gamma=1.5, zero_terminal_snr=True), "v")
+    again = strategy_from_config(yaml.safe_load(yaml.safe_dump(s.config())))
+    assert isinstance(again, DDPM) and again.config() == s.config()
+    assert torch.equal(again.alphas_cumprod, s.alphas_cumprod)
+    assert DDPM.from_config(s.config()).prediction == "v"
+    with pytest.raises(ValueError, match="DDPM"):
+        DDPM.from_config({"strategy": "rflow"})
+    with pytest.raises(ValueError, match="unknown strategy"):
+        strategy_from_config({"strategy": "edm"})

@@ -7,6 +7,7 @@ a_t = alpha_bar_t. The network predicts one of
 - ``"v"``:       v = sqrt(a_t) eps - sqrt(1 - a_t) x0   (Salimans & Ho, 2022)
 - ``"sample"``:  x0
 
+Timesteps are integers; the schedule table stays float64 (see :mod:`medgen.models.schedules`).
 Arithmetic runs in float32 (float64 inputs stay float64) whatever the input dtype; results
 are returned in the input dtype.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from medgen.models.schedules import NoiseSchedule
+from medgen.models.schedules import NoiseSchedule, from_config
 
 PREDICTIONS = ("epsilon", "v", "sample")
 
@@ -25,7 +26,9 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 class DDPM:
-    """Discrete diffusion with a :class:`NoiseSchedule` and a prediction type."""
+    """Discrete diffusion with a :class:`NoiseSchedule` and a prediction type (Ho et al. 2020)."""
+
+    kind = "ddpm"
 
     def __init__(self, schedule: NoiseSchedule, prediction: str = "epsilon") -> None:
         if prediction not in PREDICTIONS:
@@ -96,6 +99,10 @@ class DDPM:
             eps = s1a * xt + sa * out
         return x0.to(x_t.dtype), eps.to(x_t.dtype)
 
+    def predict_x0(self, x_t: torch.Tensor, output: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x0 implied by the network ``output`` at ``x_t`` (see :meth:`predict_x0_eps`)."""
+        return self.predict_x0_eps(x_t, output, t)[0]
+
     def snr(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         a = self.alpha_bar(t, like)
         return a / (1 - a)
@@ -106,3 +113,10 @@ class DDPM:
             "prediction": self.prediction,
             "schedule": self.schedule.config(),
         }
+
+    @classmethod
+    def from_config(cls, config: dict) -> DDPM:
+        """The inverse of :meth:`config`."""
+        if config.get("strategy", "ddpm") != "ddpm":
+            raise ValueError(f"not a DDPM config: strategy={config.get('strategy')!r}")
+        return cls(from_config(config["schedule"]), config.get("prediction", "epsilon"))

@@ -1,0 +1,68 @@
+"""DDPM ancestral sampling (Ho et al. 2020, Algorithm 2) with skipped steps.
+
+Each update is :func:`medgen.cuda.ddpm_step` from t to the *previous scheduled* timestep (as
+diffusers' ``DDPMScheduler`` since its PR 2076), not to t - 1: MONAI's ``DDPMScheduler.step``
+uses alpha_bar[t - 1] and beta[t] whatever the inference schedule, which is right only when
+every training timestep is visited.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from medgen.cuda import ddpm_step
+from medgen.models.ddpm import DDPM
+from medgen.models.samplers.early_stop import EarlyStop
+from medgen.models.samplers.loop import Callback, Model, guided, progress_bar, standard_normal
+from medgen.models.timesteps import inference_timesteps
+
+
+@torch.no_grad()
+def ddpm(
+    model: Model,
+    strategy: DDPM,
+    x_T: torch.Tensor,
+    steps: int | None = None,
+    *,
+    cond: torch.Tensor | None = None,
+    spacing: str = "trailing",
+    clip_x0: float | None = None,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    progress: bool | None = False,
+    early_stop: EarlyStop | None = None,
+    guidance: float | None = None,
+    null_token: int | None = None,
+) -> torch.Tensor:
+    """Ancestral sampling over ``steps`` scheduled timesteps (default: all T).
+
+    Posterior variance is "fixed_small" (beta_tilde); noise is drawn from ``generator`` in
+    float32 for every step but the last, which returns the posterior mean at alpha_bar = 1,
+    i.e. x0. Other arguments as :func:`medgen.models.samplers.ddim`.
+    """
+    if not isinstance(strategy, DDPM):
+        raise TypeError(f"DDPM sampling needs a DDPM strategy, got {type(strategy).__name__}")
+    model = guided(model, guidance, null_token)
+    if early_stop is not None:
+        early_stop.reset()
+    T = strategy.num_train_timesteps
+    ts = inference_timesteps(T, T if steps is None else steps, spacing)
+    abar = strategy.alphas_cumprod
+    x = x_T
+    for i, t in enumerate(progress_bar(ts.tolist(), "DDPM", progress)):
+        t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        output = model(x, t_batch, cond)
+        last = i + 1 == len(ts)
+        a_t = float(abar[t])
+        a_prev = 1.0 if last else float(abar[ts[i + 1]])
+        noise = None if last else standard_normal(x, generator)
+        x_next, x0 = ddpm_step(
+            x, output, a_t, a_prev, prediction=strategy.prediction, noise=noise, clip_x0=clip_x0
+        )
+        if callback is not None:
+            callback({"i": i, "t": t, "x": x_next, "x0": x0})
+        stop = early_stop is not None and not last and early_stop(i, t, x, x_next)
+        x = x0 if stop else x_next
+        if stop:
+            break
+    return x
