@@ -125,3 +125,11 @@ def test_config_round_trip_through_yaml():
         DDPM.from_config({"strategy": "rflow"})
     with pytest.raises(ValueError, match="unknown strategy"):
         strategy_from_config({"strategy": "edm"})
+
+
+def test_zero_terminal_snr_rejects_epsilon_prediction():
+    sched = schedules.make("linear", 1000, zero_terminal_snr=True)
+    assert float(sched.alphas_cumprod[-1]) == 0.0
+    with pytest.raises(ValueError, match="zero-terminal-SNR"):
+        DDPM(sched, prediction="epsilon")
+    assert DDPM(sched, prediction="v").prediction == "v"

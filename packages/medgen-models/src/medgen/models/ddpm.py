@@ -33,6 +33,12 @@ class DDPM:
     def __init__(self, schedule: NoiseSchedule, prediction: str = "epsilon") -> None:
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; known: {PREDICTIONS}")
+        if prediction == "epsilon" and float(schedule.alphas_cumprod[-1]) == 0.0:
+            # x0 = (x_t - sqrt(1 - a) eps) / sqrt(a) is undefined at a = 0 (Lin et al. 2024, 3.2)
+            raise ValueError(
+                "a zero-terminal-SNR schedule (alpha_bar[T-1] = 0) needs prediction 'v' or "
+                "'sample': epsilon prediction cannot recover x0 at the last timestep"
+            )
         self.schedule = schedule
         self.prediction = prediction
         self.alphas_cumprod = schedule.alphas_cumprod  # float64, stays float64
