@@ -89,8 +89,16 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     scheduler=None,
     metrics: dict | None = None,
+    scaler=None,
+    extra: dict | None = None,
+    info: dict | None = None,
 ) -> Path:
-    """Write checkpoint ``step`` atomically and point ``latest`` at it; return its path."""
+    """Write checkpoint ``step`` atomically and point ``latest`` at it; return its path.
+
+    ``extra`` (tensors and plain containers) goes into ``training_state.pt`` (e.g. the data
+    source and task states); ``info`` (JSON-able, e.g. epoch and data position) into
+    ``state.json``.
+    """
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:08d}"
@@ -106,11 +114,18 @@ def save_checkpoint(
                 "optimizer": optimizer.state_dict() if optimizer is not None else None,
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "ema": ema.state_dict() if ema is not None else None,
+                "scaler": scaler.state_dict() if scaler is not None else None,
                 "rng": rng_state(),
+                "extra": extra or {},
             },
             tmp / "training_state.pt",
         )
-        state = {"step": step, "versions": package_versions(), "metrics": metrics or {}}
+        state = {
+            "step": step,
+            **(info or {}),
+            "versions": package_versions(),
+            "metrics": metrics or {},
+        }
         (tmp / "state.json").write_text(json.dumps(state, indent=2))
         (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         if final.exists():
@@ -143,11 +158,14 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     scheduler=None,
     restore_rng: bool = False,
+    scaler=None,
+    extra: dict | None = None,
 ) -> dict:
     """Load what is asked for from a checkpoint; return its ``state.json`` content.
 
     Weights come only from safetensors files; ``training_state.pt`` is read with
-    ``weights_only=True``. Any failure is a :class:`CheckpointError` naming the file.
+    ``weights_only=True``. Any failure is a :class:`CheckpointError` naming the file. A dict
+    passed as ``extra`` is filled with the ``extra`` states saved by :func:`save_checkpoint`.
     """
     ckpt = resolve_checkpoint(path)
     try:
@@ -166,7 +184,8 @@ def load_checkpoint(
         model.load_state_dict(weights("model.safetensors"))
     if ema is not None:
         ema.model.load_state_dict(weights("ema.safetensors"))
-    if optimizer is not None or scheduler is not None or ema is not None or restore_rng:
+    wanted = (optimizer, scheduler, ema, scaler, extra)
+    if any(x is not None for x in wanted) or restore_rng:
         file = ckpt / "training_state.pt"
         try:
             training = torch.load(file, map_location="cpu", weights_only=True)
@@ -181,6 +200,20 @@ def load_checkpoint(
             scheduler.load_state_dict(training["scheduler"])
         if ema is not None and training.get("ema"):
             ema.load_state_dict(training["ema"])
+        if scaler is not None and training.get("scaler"):
+            scaler.load_state_dict(training["scaler"])
+        if extra is not None:
+            extra.update(training.get("extra") or {})
         if restore_rng:
             set_rng_state(training["rng"])
     return state
+
+
+def add_metrics(path: str | Path, metrics: dict) -> None:
+    """Merge ``metrics`` into a written checkpoint's ``state.json`` (atomically)."""
+    ckpt = resolve_checkpoint(path)
+    state = json.loads((ckpt / "state.json").read_text())
+    state.setdefault("metrics", {}).update(metrics)
+    tmp = ckpt / f".state.json.{os.getpid()}"
+    tmp.write_text(json.dumps(state, indent=2))
+    os.replace(tmp, ckpt / "state.json")

@@ -1,22 +1,107 @@
-"""Training of a joint image + mask diffusion model (JS-DDPM style) on token-conditioned slices.
+"""Joint image + mask diffusion (JS-DDPM style) on token-conditioned slices, as an engine task.
 
 The model sees a 2-channel tensor ``[image, mask]`` in [-1, 1] and one token per sample
-(``z_bin + n_bins * class``). Image and mask losses are computed and logged separately.
+(``z_bin + n_bins * class``). Image and mask losses are computed and logged separately, and
+so is the loss per timestep bucket (10 bins of [0, T)); ``evaluate`` records the EMA model's
+x0-prediction PSNR per bucket.
 """
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from medgen.models import DDPM, min_snr_weight
-from medgen.train.ema import EMA
-from medgen.train.metrics_log import MetricsLog
+from medgen.train.batches import RandomDraws
+from medgen.train.engine import FitResult, fit
+from medgen.train.evaluation import x0_psnr_by_bucket
+from medgen.train.optim import warmup_cosine
+from medgen.train.settings import EngineSettings
+
+N_BUCKETS = 10
+
+__all__ = ["JointDiffusionTask", "per_sample_channel_loss", "train_joint", "warmup_cosine"]
+
+
+def per_sample_channel_loss(
+    strategy: DDPM,
+    model: nn.Module,
+    x0: torch.Tensor,
+    token: torch.Tensor,
+    generator: torch.Generator,
+    min_snr_gamma: float | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted MSE per sample and channel (B, C), and the timesteps drawn (B,)."""
+    b = x0.shape[0]
+    t = strategy.sample_timesteps(b, generator).to(x0.device)
+    noise = torch.randn(x0.shape, generator=generator).to(x0)
+    x_t = strategy.add_noise(x0, noise, t)
+    out = model(x_t, t, token)
+    target = strategy.training_target(x0, noise, t)
+    err = (out.float() - target.float()) ** 2  # (B, C, H, W)
+    per_sample_channel = err.flatten(2).mean(-1)  # (B, C)
+    if min_snr_gamma is not None:
+        w = min_snr_weight(strategy.snr(t, x0).reshape(b), strategy.prediction, min_snr_gamma)
+        per_sample_channel = per_sample_channel * w[:, None].float()
+    return per_sample_channel, t
+
+
+class JointDiffusionTask:
+    """Engine task: batches are ``(x0, tokens)``; noise and timesteps come from
+    ``generator`` (saved in checkpoints, so resume draws the same noise)."""
+
+    def __init__(
+        self,
+        strategy: DDPM,
+        generator: torch.Generator,
+        min_snr_gamma: float | None = None,
+        channel_names: tuple[str, ...] = ("image", "mask"),
+        eval_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+        eval_seed: int = 0,
+    ) -> None:
+        self.strategy, self.generator = strategy, generator
+        self.min_snr_gamma, self.channel_names = min_snr_gamma, channel_names
+        self.eval_data, self.eval_seed = eval_data, eval_seed
+        self.diagnostics: list[tuple[int, list[float]]] = []  # (step, x0 PSNR per bucket)
+
+    def loss(self, model: nn.Module, batch, step: int) -> tuple[torch.Tensor, dict]:
+        x0, tokens = batch
+        per, t = per_sample_channel_loss(
+            self.strategy, model, x0, tokens, self.generator, self.min_snr_gamma
+        )
+        losses = per.mean(0)
+        logs = {
+            f"loss_{n}": float(v) for n, v in zip(self.channel_names, losses.detach(), strict=True)
+        }
+        per_sample = per.detach().mean(1).cpu()
+        bucket = (t.cpu() * N_BUCKETS // self.strategy.num_train_timesteps).clamp(max=N_BUCKETS - 1)
+        for k in range(N_BUCKETS):
+            sel = bucket == k
+            logs[f"loss_t{k}"] = (float(per_sample[sel].sum()), float(sel.sum()))
+        return losses.mean(), logs
+
+    def evaluate(self, model: nn.Module, ema_model: nn.Module | None, step: int) -> dict:
+        if self.eval_data is None:
+            return {}
+        x0, tokens = self.eval_data
+        values = x0_psnr_by_bucket(
+            ema_model if ema_model is not None else model,
+            self.strategy,
+            x0,
+            tokens,
+            N_BUCKETS,
+            seed=self.eval_seed,
+        )
+        self.diagnostics.append((step, values))
+        return {f"x0_psnr_t{k}": v for k, v in enumerate(values)}
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
 
 
 @dataclass
@@ -31,43 +116,18 @@ class TrainSettings:
     ema_decay: float
     log_every: int
 
-
-@dataclass
-class TrainResult:
-    ema: EMA
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-
-
-def warmup_cosine(step: int, total: int, warmup: int, floor: float = 0.1) -> float:
-    """LR multiplier: linear warm-up to 1, then cosine decay to ``floor``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def per_channel_loss(
-    strategy: DDPM,
-    model: nn.Module,
-    x0: torch.Tensor,
-    token: torch.Tensor,
-    generator: torch.Generator,
-    min_snr_gamma: float | None,
-) -> torch.Tensor:
-    """Weighted MSE per channel, shape (C,): mean over batch and pixels of each channel."""
-    b = x0.shape[0]
-    t = strategy.sample_timesteps(b, generator).to(x0.device)
-    noise = torch.randn(x0.shape, generator=generator).to(x0)
-    x_t = strategy.add_noise(x0, noise, t)
-    out = model(x_t, t, token)
-    target = strategy.training_target(x0, noise, t)
-    err = (out.float() - target.float()) ** 2  # (B, C, H, W)
-    per_sample_channel = err.flatten(2).mean(-1)  # (B, C)
-    if min_snr_gamma is not None:
-        w = min_snr_weight(strategy.snr(t, x0).reshape(b), strategy.prediction, min_snr_gamma)
-        per_sample_channel = per_sample_channel * w[:, None].float()
-    return per_sample_channel.mean(0)
+    def engine(self, **changes) -> EngineSettings:
+        return EngineSettings(
+            steps=self.steps,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            warmup_steps=self.warmup_steps,
+            weight_decay=self.weight_decay,
+            grad_clip=self.grad_clip,
+            ema_decay=self.ema_decay,
+            log_every=self.log_every,
+            **changes,
+        )
 
 
 def train_joint(
@@ -75,68 +135,25 @@ def train_joint(
     strategy: DDPM,
     data: torch.Tensor,
     tokens: torch.Tensor,
-    settings: TrainSettings,
-    log: MetricsLog,
+    settings: TrainSettings | EngineSettings,
+    run_dir,
     generator: torch.Generator,
+    *,
+    min_snr_gamma: float | None = None,
     channel_names: tuple[str, ...] = ("image", "mask"),
-    disable_bars: bool | None = None,
-    on_step=None,
-) -> TrainResult:
-    """Train ``model`` on ``data`` (N, C, H, W) with ``tokens`` (N,).
+    eval_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    config: dict | None = None,
+    quiet: bool = False,
+) -> tuple[FitResult, JointDiffusionTask]:
+    """Train ``model`` on ``data`` (N, C, H, W) with ``tokens`` (N,) through the engine.
 
-    ``on_step(step, ema)`` runs after every update (1-based step), e.g. for diagnostics; its
-    time is excluded from the images/s figure.
+    Each update draws its batch indices and then its timesteps and noise from ``generator``,
+    in that order (the quickstart's order of random draws).
     """
-    device = data.device
-    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: warmup_cosine(s, settings.steps, settings.warmup_steps)
-    )
-    ema = EMA(model, settings.ema_decay)
-    model.train()
-    start = window_start = time.perf_counter()
-    window_images = 0
-    sums = torch.zeros(len(channel_names))
-    window_steps = 0
-    bar = tqdm(range(settings.steps), desc="train", disable=disable_bars)
-    for step in bar:
-        idx = torch.randint(0, data.shape[0], (settings.batch_size,), generator=generator)
-        idx = idx.to(device)
-        losses = per_channel_loss(
-            strategy, model, data[idx], tokens[idx], generator, settings.min_snr_gamma
-        )
-        loss = losses.mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip))
-        if math.isfinite(float(loss.detach())) and math.isfinite(grad_norm):
-            opt.step()
-            ema.update(model)
-        sched.step()
-        sums += losses.detach().cpu()
-        window_steps += 1
-        window_images += settings.batch_size
-        if (step + 1) % settings.log_every == 0 or step + 1 == settings.steps:
-            now = time.perf_counter()
-            means = (sums / window_steps).tolist()
-            row = {
-                "step": step + 1,
-                "loss": sum(means) / len(means),
-                **{f"loss_{n}": v for n, v in zip(channel_names, means, strict=True)},
-                "lr": sched.get_last_lr()[0],
-                "grad_norm": grad_norm,
-                "ema_decay": ema.current_decay(),
-                "images_per_s": window_images / (now - window_start),
-                "elapsed_s": now - start,
-            }
-            log.log(row)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", ips=f"{row['images_per_s']:.0f}")
-            sums.zero_()
-            window_steps = window_images = 0
-            window_start = time.perf_counter()
-        if on_step is not None:
-            t_cb = time.perf_counter()
-            on_step(step + 1, ema)
-            window_start += time.perf_counter() - t_cb  # evaluation is not training time
-    model.eval()
-    return TrainResult(ema=ema, optimizer=opt, scheduler=sched)
+    if isinstance(settings, TrainSettings):
+        min_snr_gamma = settings.min_snr_gamma
+        settings = settings.engine()
+    task = JointDiffusionTask(strategy, generator, min_snr_gamma, channel_names, eval_data)
+    batches = RandomDraws((data, tokens), settings.batch_size, generator)
+    result = fit(task, model, batches, settings, run_dir, config=config, quiet=quiet)
+    return result, task

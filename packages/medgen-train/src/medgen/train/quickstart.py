@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from medgen.data import (
     Volume,
@@ -30,17 +32,16 @@ from medgen.data import (
 from medgen.data.cache import file_sha256
 from medgen.models import DDPM, TokenConditionedUNet, ddim, schedules
 from medgen.train import figures
-from medgen.train.checkpoint import save_checkpoint
+from medgen.train.checkpoint import add_metrics
 from medgen.train.config import save_yaml, to_dict
 from medgen.train.evaluation import (
     bin_mean_reference,
     score_against_nearest_real,
-    x0_psnr_by_bucket,
 )
-from medgen.train.joint_diffusion import TrainSettings, train_joint
-from medgen.train.metrics_log import MetricsLog
+from medgen.train.joint_diffusion import N_BUCKETS, train_joint
 from medgen.train.progress import bars_disabled
 from medgen.train.report import write_report
+from medgen.train.settings import EngineSettings
 
 CHANNELS = ("image", "mask")
 
@@ -103,7 +104,7 @@ def load_slices(cfg: QuickstartConfig):
     }
 
     def build():
-        t1, wm = read_nifti(t1_path), read_nifti(wm_path)
+        t1, wm = read_nifti(t1_path, modality="MR"), read_nifti(wm_path, modality="MR")
         image = Volume(
             percentile_scale(t1.array, *cfg.percentiles),
             t1.spacing,
@@ -124,6 +125,23 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def _forget_other_runs(out: Path, config: dict) -> None:
+    """The engine resumes ``out/checkpoints/latest``: keep it only if an interrupted run with
+    this very config wrote it; a finished or different run is started afresh."""
+    latest = out / "checkpoints" / "latest"
+    try:
+        same = yaml.safe_load((latest / "config.yaml").read_text()) == config
+        state = json.loads((latest / "state.json").read_text())
+        if same and "data_position" in state and state["step"] < config["train_steps"]:
+            return
+    except (OSError, ValueError, KeyError, yaml.YAMLError):
+        pass
+    for name in ("checkpoints", "tensorboard"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    for name in ("metrics.csv", "eval.csv"):
+        (out / name).unlink(missing_ok=True)
 
 
 def run_quickstart(cfg: QuickstartConfig, out: str | Path, quiet: bool = False) -> dict:
@@ -168,45 +186,39 @@ def run_quickstart(cfg: QuickstartConfig, out: str | Path, quiet: bool = False) 
     )
 
     eval_idx = torch.linspace(0, len(slices) - 1, min(64, len(slices))).long().to(device)
-    diagnostics: list[tuple[int, list[float]]] = []
-
-    def on_step(step: int, ema) -> None:
-        if step % cfg.diagnostics_every == 0 or step == cfg.train_steps:
-            diagnostics.append(
-                (
-                    step,
-                    x0_psnr_by_bucket(
-                        ema.model, strategy, data[eval_idx], tokens[eval_idx], seed=cfg.seed
-                    ),
-                )
-            )
-
-    log = MetricsLog(out / "metrics.csv")
-    settings = TrainSettings(
-        cfg.train_steps,
-        cfg.batch_size,
-        cfg.lr,
-        cfg.warmup_steps,
-        cfg.weight_decay,
-        cfg.grad_clip,
-        cfg.min_snr_gamma,
-        cfg.ema_decay,
-        cfg.log_every,
+    settings = EngineSettings(
+        steps=cfg.train_steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        grad_clip=cfg.grad_clip,
+        ema_decay=cfg.ema_decay,
+        log_every=cfg.log_every,
+        eval_every=cfg.diagnostics_every,
+        seed=cfg.seed,
     )
     gen = torch.Generator().manual_seed(cfg.seed)
+    _forget_other_runs(out, to_dict(cfg))
     t0 = time.perf_counter()
-    result = train_joint(
+    result, _ = train_joint(
         model,
         strategy,
         data,
         tokens,
         settings,
-        log,
+        out,
         gen,
-        CHANNELS,
-        disable_bars=no_bars,
-        on_step=on_step,
+        min_snr_gamma=cfg.min_snr_gamma,
+        channel_names=CHANNELS,
+        eval_data=(data[eval_idx], tokens[eval_idx]),
+        config=to_dict(cfg),
+        quiet=quiet,
     )
+    diagnostics = [  # from eval.csv: a resumed run keeps the evaluations made before
+        (int(r["step"]), [float(r[f"x0_psnr_t{k}"]) for k in range(N_BUCKETS)])
+        for r in result.eval_rows
+    ]
     timings["train_s"] = time.perf_counter() - t0
 
     # Sampling from the EMA weights: samples_per_bin per z-bin, class 0.
@@ -239,7 +251,7 @@ def run_quickstart(cfg: QuickstartConfig, out: str | Path, quiet: bool = False) 
     reference = bin_mean_reference(real_images, slices.z_bin)
     timings["evaluate_s"] = time.perf_counter() - t0
 
-    final_rows = log.rows
+    final_rows = result.rows
     summary = {
         "ssim_mean": float(np.mean([s.ssim for s in scores])),
         "psnr_mean": float(np.mean([s.psnr for s in scores])),
@@ -259,16 +271,8 @@ def run_quickstart(cfg: QuickstartConfig, out: str | Path, quiet: bool = False) 
         "torch_threads": torch.get_num_threads(),
     }
     t0 = time.perf_counter()
-    ckpt = save_checkpoint(
-        out,
-        cfg.train_steps,
-        model,
-        to_dict(cfg),
-        ema=result.ema,
-        optimizer=result.optimizer,
-        scheduler=result.scheduler,
-        metrics={k: summary[k] for k in ("ssim_mean", "psnr_mean", "dice_mean")},
-    )
+    ckpt = result.checkpoint
+    add_metrics(ckpt, {k: summary[k] for k in ("ssim_mean", "psnr_mean", "dice_mean")})
     np.savez_compressed(
         out / "samples.npz", images=gen_images.astype(np.float32), masks=gen_masks, z_bin=gen_bins
     )
