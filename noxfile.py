@@ -150,11 +150,16 @@ def quickstart(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks (JSON + Markdown under bench-results/): kernels vs their peers, same run."""
+    """Benchmarks, each against its peers measured in the same run; JSON + Markdown written
+    to bench/results/<timestamp>_<name>.*: kernels (medgen-cuda vs PyWavelets, ptwt, WDM-style
+    slicing, diffusers, MONAI), DICOM series reading (vs SimpleITK, pydicom), cache building,
+    and the training engine's step vs a bare loop. Extra arguments go to bench_cuda.py."""
     install_torch(session)
-    install_medgen(session, "cuda")
-    session.install("-c", CONSTRAINTS, "PyWavelets", "diffusers>=0.30")
-    out = str(ROOT / "bench-results")
-    session.run(
-        "python", str(ROOT / "benchmarks" / "bench_cuda.py"), "--out", out, *session.posargs
-    )
+    install_medgen(session, "cuda", "data", "models", "train")
+    session.install("-c", CONSTRAINTS, "PyWavelets", "ptwt", "diffusers>=0.30")
+    out = str(ROOT / "bench" / "results")
+    bench = ROOT / "benchmarks"
+    session.run("python", str(bench / "bench_cuda.py"), "--out", out, *session.posargs)
+    session.run("python", str(bench / "bench_data.py"), "--out", out)
+    session.run("python", str(bench / "bench_cache.py"), "--out", out)
+    session.run("python", str(bench / "bench_engine.py"), "--out", out)

@@ -17,23 +17,20 @@ DIR/<timestamp>_cuda.json and DIR/<timestamp>_cuda.md (DIR defaults to bench/res
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
-import sys
 import time
 import warnings
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
+from harness import DEFAULT_OUT, base_meta, cpu_name, write_results
 
 import medgen.cuda as mc
 from medgen.cuda import reference
 
 MiB = 1 << 20
+SKIPPED: dict[str, str] = {}  # peer -> why its rows are absent (reported in the results)
 
 
 def _sync(device: str) -> None:
@@ -117,24 +114,20 @@ def haar_impls(x: torch.Tensor, device: str):
                 lambda: pywt.idwtn(coeffs, "haar", mode="periodization", axes=axes),
             )
         except ImportError:
-            pass
+            SKIPPED["pywavelets"] = "not installed"
     try:
         import ptwt
-
-        if nd == 2:
-            pw = ptwt.wavedec2(x, "haar", level=1, mode="periodization")
-            impls["ptwt"] = (
-                lambda: ptwt.wavedec2(x, "haar", level=1, mode="periodization"),
-                lambda: ptwt.waverec2(pw, "haar"),
-            )
-        else:
-            pw = ptwt.wavedec3(x[:, 0], "haar", level=1, mode="periodization")
-            impls["ptwt"] = (
-                lambda: ptwt.wavedec3(x[:, 0], "haar", level=1, mode="periodization"),
-                lambda: ptwt.waverec3(pw, "haar"),
-            )
-    except Exception:  # not installed or API differences: the row is simply absent
-        pass
+    except ImportError:
+        SKIPPED["ptwt"] = "not installed"
+    else:
+        # Haar has 2 taps: on even sizes ptwt's 'zero' mode pads nothing and equals periodization
+        # (ptwt 1.0 has no 'periodization').
+        dec, rec = (ptwt.wavedec2, ptwt.waverec2) if nd == 2 else (ptwt.wavedec3, ptwt.waverec3)
+        pw = dec(x, "haar", level=1, mode="zero")
+        impls["ptwt"] = (
+            lambda: dec(x, "haar", level=1, mode="zero"),
+            lambda: rec(pw, "haar"),
+        )
     return impls
 
 
@@ -150,7 +143,7 @@ def ddim_impls(x: torch.Tensor, m: torch.Tensor, device: str):
         a_t, a_p = float(ds.alphas_cumprod[t]), float(ds.alphas_cumprod[prev])
         impls["diffusers"] = lambda: ds.step(m, t, x, return_dict=False)
     except ImportError:
-        ds = None
+        SKIPPED["diffusers"] = "not installed"
         a_t, a_p = 0.0778, 0.0938
     if mc.extension_available():
         impls["medgen"] = lambda: mc.ddim_step(x, m, a_t, a_p)
@@ -163,7 +156,7 @@ def ddim_impls(x: torch.Tensor, m: torch.Tensor, device: str):
         ms.alphas_cumprod = ms.alphas_cumprod.to(device)
         impls["monai"] = lambda: ms.step(m, t, x)
     except ImportError:
-        pass
+        SKIPPED["monai"] = "not installed"
     sa, sb, sp, sq = a_t**0.5, (1 - a_t) ** 0.5, a_p**0.5, (1 - a_p) ** 0.5
 
     def direct():
@@ -216,7 +209,7 @@ def run(device: str, budget: float) -> dict:
         ours = next((o for o in same if o["impl"] == "medgen"), None)
         r["medgen_speedup"] = None if ours is None else r["seconds"] / ours["seconds"]
     dram = bandwidth(256 * MiB, device, budget)
-    return {"rows": rows, "bandwidth_by_size": {f"{k / MiB:g}MiB": v for k, v in bw_cache.items()},
+    return {"rows": rows, "skipped_peers": dict(SKIPPED), "bandwidth_by_size": {f"{k / MiB:g}MiB": v for k, v in bw_cache.items()},
             "dram_256MiB": dram}  # fmt: skip
 
 
@@ -243,6 +236,12 @@ def to_markdown(result: dict) -> str:
             f"{r['seconds'] * 1e3:.3f} | {r['GBps']:.1f} | {r['frac_of_copy']:.2f} | {sp} |"
         )
     lines.append("")
+    if result.get("skipped_peers"):
+        lines.append(
+            "Peers absent from this run: "
+            + ", ".join(f"{k} ({v})" for k, v in result["skipped_peers"].items())
+        )
+        lines.append("")
     lines.append(
         "GB/s = bytes that must be read and written / time (Haar: input + output; DDIM: x_t, eps "
         "in, x_prev, x0 out; float32). 'of copy' = fraction of the copy bandwidth measured at the "
@@ -253,7 +252,7 @@ def to_markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("bench/results"), help="output directory")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--budget", type=float, default=0.25, help="seconds of repeats per timing")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -266,34 +265,17 @@ def main(argv: list[str] | None = None) -> int:
     with torch.inference_mode():
         result = run(args.device, args.budget)
     result["meta"] = {
-        "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        **base_meta(),
         "threads": torch.get_num_threads(),
         "device": args.device,
-        "device_name": torch.cuda.get_device_name() if args.device == "cuda" else _cpu_name(),
+        "device_name": torch.cuda.get_device_name() if args.device == "cuda" else cpu_name(),
         "torch": torch.__version__,
         "numpy": np.__version__,
-        "python": sys.version.split()[0],
         "extension_available": mc.extension_available(),
         "wall_s": round(time.perf_counter() - t0, 1),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"{result['meta']['timestamp'].replace(':', '')}_cuda"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    md = to_markdown(result)
-    stem.with_suffix(".md").write_text(md)
-    print(md)
-    print(f"wrote {stem}.json and .md in {result['meta']['wall_s']} s")
+    write_results(args.out, "cuda", result, to_markdown(result))
     return 0
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} cpus)"
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 if __name__ == "__main__":
