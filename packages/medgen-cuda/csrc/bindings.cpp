@@ -3,6 +3,7 @@
 // cpu/cpu_kernels.h (CPU). The Python layer (medgen/cuda/*.py) validates arguments, computes the
 // schedule coefficients and handles autograd; these entry points only check what the kernels
 // rely on (dtype, device, contiguity, shapes) and dispatch by device.
+#include <ATen/MemoryOverlap.h>
 #include <torch/extension.h>
 
 #ifdef MEDGEN_WITH_CUDA
@@ -78,7 +79,22 @@ std::tuple<int, int64_t, int64_t, int64_t> spatial(const at::Tensor& t) {
   return {nd, D, t.size(-2), t.size(-1)};
 }
 
-at::Tensor haar_dwt(const at::Tensor& x_in) {
+// The result tensor: a new one, or the caller's `out` after checking that it fits exactly and
+// shares no memory with the input (the kernels assume restrict pointers).
+at::Tensor result_tensor(const at::Tensor& in, const std::vector<int64_t>& shape,
+                         const std::optional<at::Tensor>& out, const char* op) {
+  if (!out.has_value()) return at::empty(shape, in.options());
+  const at::Tensor& o = *out;
+  TORCH_CHECK(o.sizes() == at::IntArrayRef(shape), "medgen: ", op, " out has shape ", o.sizes(),
+              ", expected ", at::IntArrayRef(shape));
+  TORCH_CHECK(o.scalar_type() == in.scalar_type() && o.device() == in.device(), "medgen: ", op,
+              " out must have the input's dtype and device");
+  TORCH_CHECK(o.is_contiguous(), "medgen: ", op, " out must be contiguous");
+  at::assert_no_overlap(o, in);
+  return o;
+}
+
+at::Tensor haar_dwt(const at::Tensor& x_in, const std::optional<at::Tensor>& out) {
   check_device(x_in, "x");
   const at::Tensor x = x_in.contiguous();
   auto [nd, D, H, W] = spatial(x);
@@ -89,7 +105,7 @@ at::Tensor haar_dwt(const at::Tensor& x_in) {
   if (nd == 3) out_shape.push_back(D / 2);
   out_shape.push_back(H / 2);
   out_shape.push_back(W / 2);
-  at::Tensor y = at::empty(out_shape, x.options());
+  at::Tensor y = result_tensor(x, out_shape, out, "haar_dwt");
   const DType dt = to_dtype(x);
   if (x.device().is_cpu()) {
     medgen::cpu_haar_dwt(x.data_ptr(), y.data_ptr(), dt, nd, B, C, D, H, W);
@@ -103,7 +119,7 @@ at::Tensor haar_dwt(const at::Tensor& x_in) {
   return y;
 }
 
-at::Tensor haar_idwt(const at::Tensor& w_in) {
+at::Tensor haar_idwt(const at::Tensor& w_in, const std::optional<at::Tensor>& out) {
   check_device(w_in, "w");
   const at::Tensor w = w_in.contiguous();
   auto [nd, D2, H2, W2] = spatial(w);
@@ -115,7 +131,7 @@ at::Tensor haar_idwt(const at::Tensor& w_in) {
   if (nd == 3) out_shape.push_back(D);
   out_shape.push_back(H);
   out_shape.push_back(W);
-  at::Tensor x = at::empty(out_shape, w.options());
+  at::Tensor x = result_tensor(w, out_shape, out, "haar_idwt");
   const DType dt = to_dtype(w);
   if (w.device().is_cpu()) {
     medgen::cpu_haar_idwt(w.data_ptr(), x.data_ptr(), dt, nd, B, C, D, H, W);
@@ -208,8 +224,9 @@ bool cuda_compiled() {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "medgen.cuda compiled kernels (CPU/OpenMP, optionally CUDA)";
-  m.def("haar_dwt", &haar_dwt, "single-level orthonormal Haar DWT (2D for 4-D, 3D for 5-D input)");
-  m.def("haar_idwt", &haar_idwt, "inverse of haar_dwt");
+  m.def("haar_dwt", &haar_dwt, "single-level orthonormal Haar DWT (2D for 4-D, 3D for 5-D input)",
+        py::arg("x"), py::arg("out") = py::none());
+  m.def("haar_idwt", &haar_idwt, "inverse of haar_dwt", py::arg("w"), py::arg("out") = py::none());
   m.def("affine_step", &affine_step, "fused DDIM/DDPM step from per-sample coefficients",
         py::arg("x"), py::arg("m"), py::arg("noise"), py::arg("coef"), py::arg("clip_value"));
   m.def("axpy_step", &axpy_step, "x + c * v with per-sample c", py::arg("x"), py::arg("v"),

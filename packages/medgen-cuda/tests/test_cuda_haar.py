@@ -153,3 +153,32 @@ def test_cuda_haar_noncontiguous_input():
     base = torch.randn(1, 2, 8, 12, dtype=torch.float64)
     x = base.transpose(-1, -2)  # (1, 2, 12, 8), non-contiguous
     torch.testing.assert_close(haar_dwt(x), reference.haar_dwt(x.contiguous()))
+
+
+@pytest.mark.parametrize("backend", ["compiled", "reference"])
+@pytest.mark.parametrize("shape", [(2, 3, 6, 10), (1, 2, 8, 4, 6)], ids=["2d", "3d"])
+def test_cuda_haar_out_writes_in_place_and_equals_pywavelets(backend, shape, monkeypatch):
+    if backend == "reference":
+        monkeypatch.setenv("MEDGEN_CUDA_DISABLE_EXTENSION", "1")
+    x = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    w_out = torch.full(haar_dwt(x).shape, float("nan"), dtype=torch.float64)
+    assert haar_dwt(x, out=w_out) is w_out
+    np.testing.assert_allclose(w_out.numpy(), _pywt_expected(x), atol=1e-12)
+    x_out = torch.empty_like(x)
+    assert haar_idwt(w_out, out=x_out) is x_out
+    torch.testing.assert_close(x_out, x, atol=1e-12, rtol=0)
+
+
+def test_cuda_haar_out_is_checked():
+    x = torch.randn(1, 1, 4, 4)
+    with pytest.raises(ValueError, match=r"shape \(1, 4, 2, 2\)"):
+        haar_dwt(x, out=torch.empty(1, 4, 2, 3))
+    with pytest.raises(ValueError, match="dtype"):
+        haar_dwt(x, out=torch.empty(1, 4, 2, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="contiguous"):
+        haar_dwt(x, out=torch.empty(1, 4, 2, 4)[..., ::2])
+    with pytest.raises(ValueError, match="shares memory"):
+        w = torch.randn(1, 4, 2, 2)
+        haar_idwt(w, out=w.view(1, 1, 4, 4))  # right shape, but the input's own memory
+    with pytest.raises(RuntimeError, match="autograd"):
+        haar_dwt(x.requires_grad_(), out=torch.empty(1, 4, 2, 2))

@@ -20,16 +20,44 @@ from ._extension import get_extension
 __all__ = ["haar_dwt", "haar_dwt_multilevel", "haar_idwt", "haar_idwt_multilevel"]
 
 
-def _dwt(x: torch.Tensor) -> torch.Tensor:
-    reference.check_haar_input(x, "x", inverse=False)
+def _check_out(out: torch.Tensor, like: torch.Tensor, shape: tuple, op: str) -> None:
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"{op}: out must be a torch.Tensor, got {type(out).__name__}")
+    if tuple(out.shape) != shape or out.dtype != like.dtype or out.device != like.device:
+        raise ValueError(
+            f"{op}: out must have shape {shape}, dtype {like.dtype} and device {like.device}; "
+            f"got {tuple(out.shape)}, {out.dtype}, {out.device}"
+        )
+    if not out.is_contiguous():
+        raise ValueError(f"{op}: out must be contiguous")
+    if out.untyped_storage().data_ptr() == like.untyped_storage().data_ptr():
+        raise ValueError(f"{op}: out shares memory with the input; use a separate tensor")
+    if torch.is_grad_enabled() and (out.requires_grad or like.requires_grad):
+        raise RuntimeError(f"{op}(out=...) does not support autograd; call it without out=")
+
+
+def _dwt(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    nd = reference.check_haar_input(x, "x", inverse=False)
+    if out is not None:
+        shape = (x.shape[0], x.shape[1] << nd, *(s // 2 for s in x.shape[2:]))
+        _check_out(out, x, shape, "haar_dwt")
     ext = get_extension(x.device.type)
-    return reference.haar_dwt_impl(x) if ext is None else ext.haar_dwt(x)
+    if ext is not None:
+        return ext.haar_dwt(x, out)
+    y = reference.haar_dwt_impl(x)
+    return y if out is None else out.copy_(y)
 
 
-def _idwt(w: torch.Tensor) -> torch.Tensor:
-    reference.check_haar_input(w, "w", inverse=True)
+def _idwt(w: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    nd = reference.check_haar_input(w, "w", inverse=True)
+    if out is not None:
+        shape = (w.shape[0], w.shape[1] >> nd, *(s * 2 for s in w.shape[2:]))
+        _check_out(out, w, shape, "haar_idwt")
     ext = get_extension(w.device.type)
-    return reference.haar_idwt_impl(w) if ext is None else ext.haar_idwt(w)
+    if ext is not None:
+        return ext.haar_idwt(w, out)
+    x = reference.haar_idwt_impl(w)
+    return x if out is None else out.copy_(x)
 
 
 class _HaarDWT(torch.autograd.Function):
@@ -52,20 +80,30 @@ class _HaarIDWT(torch.autograd.Function):
         return _HaarDWT.apply(grad.contiguous())
 
 
-def haar_dwt(x: torch.Tensor) -> torch.Tensor:
+def haar_dwt(x: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
     """Single-level orthonormal Haar DWT: 2D for (B, C, H, W), 3D for (B, C, D, H, W).
 
     Every spatial size must be even (odd sizes raise ValueError naming the axis); any aspect
     ratio works (depth may exceed height/width). Returns (B, 4*C or 8*C, *spatial/2) in the input
     dtype, subband-major (see the module docstring). float16/bfloat16 compute in float32.
+
+    ``out``: a contiguous tensor of the result's shape, dtype and device, not overlapping ``x``,
+    to write into (and return) instead of allocating: for loops over large volumes, where a
+    fresh allocation costs page faults that can exceed the transform itself. No autograd.
     """
+    if out is not None:
+        return _dwt(x, out)
     if torch.is_grad_enabled() and x.requires_grad:
         return _HaarDWT.apply(x)
     return _dwt(x)  # no graph to record: skip the autograd.Function overhead (~20 us)
 
 
-def haar_idwt(w: torch.Tensor) -> torch.Tensor:
-    """Inverse (= adjoint) of :func:`haar_dwt`: (B, 4*C | 8*C, ...) -> (B, C, *2*spatial)."""
+def haar_idwt(w: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Inverse (= adjoint) of :func:`haar_dwt`: (B, 4*C | 8*C, ...) -> (B, C, *2*spatial).
+
+    ``out`` as for :func:`haar_dwt`."""
+    if out is not None:
+        return _idwt(w, out)
     if torch.is_grad_enabled() and w.requires_grad:
         return _HaarIDWT.apply(w)
     return _idwt(w)
