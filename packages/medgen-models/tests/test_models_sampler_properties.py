@@ -201,3 +201,14 @@ def test_low_precision_whole_1000_step_cosine_stays_finite(dtype):
         assert out.dtype == dtype and bool(torch.isfinite(out).all()), name
     out = samplers.euler(linear_flow_oracle(0.4, 1.5), RectifiedFlow(), x_T, 1000)
     assert out.dtype == dtype and bool(torch.isfinite(out).all())
+
+
+def test_cfg_rejects_non_tensor_cond_with_a_clear_error():
+    """A Conditioning record cannot be guided (README limits): say so instead of full_like's
+    opaque TypeError."""
+    from medgen.models import Conditioning
+
+    cfg = ClassifierFreeGuidance(cond_model, 2.0, null_token=9)
+    x, t = torch.zeros(2, 1, 4, 4), torch.tensor([1, 1])
+    with pytest.raises(TypeError, match="token tensor with the null token; got cond of type"):
+        cfg(x, t, Conditioning(token=torch.tensor([1, 2])))

@@ -27,3 +27,16 @@ def test_bad_counts():
         inference_timesteps(1000, 0)
     with pytest.raises(ValueError):
         inference_timesteps(10, 11)
+
+
+@pytest.mark.parametrize("spacing", ["trailing", "leading", "linspace"])
+@pytest.mark.parametrize("T", [100, 999, 1000, 1001])
+def test_exactly_n_distinct_steps_for_every_n(spacing, T):
+    """Float arange overshoot (T=1000, n=61 gave 62 entries ending at -1) must not raise."""
+    for n in range(1, T + 1):
+        ts = inference_timesteps(T, n, spacing)
+        assert len(ts) == n and int(ts.min()) >= 0 and int(ts.max()) <= T - 1
+        assert bool((ts[:-1] > ts[1:]).all())
+    if spacing == "trailing":
+        ts = inference_timesteps(1000, 61, spacing)
+        assert ts[0] == 999 and ts[-1] == round(1000 / 61) - 1

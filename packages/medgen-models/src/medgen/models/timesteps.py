@@ -22,7 +22,9 @@ def inference_timesteps(
     if not 1 <= n <= T:
         raise ValueError(f"number of inference steps must be in [1, {T}], got {n}")
     if spacing == "trailing":
-        ts = np.round(np.arange(T, 0, -T / n)).astype(np.int64) - 1
+        # arange with a float step can overshoot by one element (~-1e-14, e.g. T=1000, n=61):
+        # keep exactly the first n, as the intended grid T - k T/n, k = 0..n-1
+        ts = np.round(np.arange(T, 0, -T / n)[:n]).astype(np.int64) - 1
     elif spacing == "leading":
         ts = (np.arange(n) * (T // n))[::-1].astype(np.int64)
     elif spacing == "linspace":

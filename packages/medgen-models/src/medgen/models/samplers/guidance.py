@@ -34,6 +34,12 @@ class ClassifierFreeGuidance:
     def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         if cond is None:
             raise ValueError("classifier-free guidance needs conditioning tokens (cond)")
+        if not isinstance(cond, torch.Tensor):
+            raise TypeError(
+                "classifier-free guidance replaces a (B,) token tensor with the null token; got "
+                f"cond of type {type(cond).__name__} (pass the tokens themselves, e.g. "
+                "cond.token, to a network that takes a token tensor)"
+            )
         null = torch.full_like(cond, self.null_token)
         if self.batched:
             tt = t if t.ndim == 0 else torch.cat([t, t])
