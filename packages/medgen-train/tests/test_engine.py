@@ -5,17 +5,21 @@ import importlib.util
 import itertools
 import json
 import math
+import os
+import signal
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from medgen.train import engine
 from medgen.train.batches import RandomDraws, ShardedBatches
 from medgen.train.checkpoint import load_checkpoint
 from medgen.train.engine import fit
 from medgen.train.errors import ConfigError
 from medgen.train.nan_guard import NonFiniteError
+from medgen.train.preemption import Preempted
 from medgen.train.settings import EngineSettings
 
 spec = importlib.util.spec_from_file_location(
@@ -189,3 +193,81 @@ def test_sharded_batches_split_the_global_batch_and_restore_their_position():
         assert torch.equal(copy.next_batch()[0], one.next_batch()[0])
     with pytest.raises(ValueError, match="exceeds"):
         ShardedBatches((x,), 11, world_size=2)
+
+
+def test_signal_during_a_checkpoint_stops_on_it_and_handlers_are_restored(tmp_path, monkeypatch):
+    real = engine.save_checkpoint
+
+    def save_then_signal(run_dir, step, *args, **kw):  # the signal lands mid-checkpoint
+        path = real(run_dir, step, *args, **kw)
+        if step == 4:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return path
+
+    monkeypatch.setattr(engine, "save_checkpoint", save_then_signal)
+    sigs = (signal.SIGTERM, signal.SIGUSR1)
+    before = {sig: signal.getsignal(sig) for sig in sigs}
+    task, data = Regression(), W.make_data()
+    s = settings(steps=50, checkpoint_every=4)
+    with pytest.raises(Preempted, match="SIGUSR1") as info:
+        fit(task, model(), ShardedBatches(data, 4), s, tmp_path / "a", quiet=True)
+    assert info.value.step == 4 and max(task.seen) == 3  # no update after the signal
+    steps = sorted(p.name for p in (tmp_path / "a" / "checkpoints").glob("step_*"))
+    assert steps == ["step_00000004"]  # and no second checkpoint
+    assert {sig: signal.getsignal(sig) for sig in sigs} == before
+    fit(Regression(), model(), ShardedBatches(data, 4), settings(steps=2), quiet=True)
+    assert {sig: signal.getsignal(sig) for sig in sigs} == before
+
+
+def _grads_of_rank(rank, init_file, queue):
+    import torch.distributed as dist
+
+    from medgen.train import distributed
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(0)
+        used, sometimes, never = (torch.nn.Linear(3, 2) for _ in range(3))
+        x = torch.full((4, 3), float(rank + 1))
+        loss = used(x).sum() + (sometimes(x).sum() if rank == 1 else 0)  # rank 0 skips one
+        loss.backward()
+        distributed.average_gradients(torch.nn.ModuleList([used, sometimes, never]), 2)
+        queue.put(
+            (
+                rank,
+                [
+                    None if p.grad is None else p.grad.tolist()
+                    for p in (used.weight, sometimes.weight, never.weight)
+                ],
+            )
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def test_average_gradients_when_a_parameter_is_unused_on_one_rank(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    procs = [
+        ctx.Process(target=_grads_of_rank, args=(r, tmp_path / "init", queue), daemon=True)
+        for r in (0, 1)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        results = dict(queue.get(timeout=60) for _ in procs)
+        for p in procs:
+            p.join(timeout=30)
+            assert p.exitcode == 0
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+    assert results[0] == results[1]  # the same gradients on both ranks
+    used, sometimes, never = results[0]
+    assert used == [[6.0] * 3] * 2  # (4 x 1 + 4 x 2) / 2
+    assert sometimes == [[4.0] * 3] * 2  # (0 + 4 x 2) / 2: rank 0's missing gradient is zero
+    assert never is None

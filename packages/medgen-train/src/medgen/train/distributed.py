@@ -58,16 +58,24 @@ def broadcast_parameters(model: nn.Module) -> None:
 
 
 def average_gradients(model: nn.Module, world_size: int) -> None:
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if not grads:
+    """Average gradients over ranks in one flat all-reduce of the same layout on every rank:
+    a parameter that has no gradient on some ranks (unused by their batch) counts as zero
+    there, and one that has none on any rank keeps none."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
         return
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    has = torch.tensor([p.grad is not None for p in params], dtype=grads[0].dtype)
+    flat = torch.cat([g.reshape(-1) for g in grads] + [has.to(grads[0].device)])
     dist.all_reduce(flat)
     flat /= world_size
+    used = (flat[-len(params) :] > 0).tolist()
     offset = 0
-    for g in grads:
+    for p, g, on_some_rank in zip(params, grads, used, strict=True):
         n = g.numel()
-        g.copy_(flat[offset : offset + n].view_as(g))
+        if on_some_rank:
+            g.copy_(flat[offset : offset + n].view_as(g))
+            p.grad = g
         offset += n
 
 

@@ -316,6 +316,10 @@ def fit(
                 every = s.checkpoint_every and run.step % s.checkpoint_every == 0
                 if every or last or stopping:
                     run.save()
+                    if not (stopping or last):
+                        # a signal that came during this save stops here, on this checkpoint,
+                        # not after one more update and a second write (SIGKILL may be near)
+                        stopping = distributed.any_rank(stop.requested, run.ctx)
                 if stopping and not last:
                     raise Preempted(
                         run.step, str(run.last_checkpoint), stop.signal_name or "signal"

@@ -54,5 +54,6 @@ class StopFlag:
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            # None: the previous handler was not installed from Python; restore the default
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
         self._previous.clear()
