@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-PREDICTION_TYPES = ("epsilon", "v", "sample")
+from medgen.models.ddpm import PREDICTIONS
 
 
 def min_snr_weight(snr: torch.Tensor, prediction: str, gamma: float = 5.0) -> torch.Tensor:
@@ -26,8 +26,8 @@ def min_snr_weight(snr: torch.Tensor, prediction: str, gamma: float = 5.0) -> to
     """
     if not gamma > 0:
         raise ValueError(f"gamma must be > 0, got {gamma}")
-    if prediction not in PREDICTION_TYPES:
-        raise ValueError(f"unknown prediction {prediction!r}; known: {PREDICTION_TYPES}")
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"unknown prediction {prediction!r}; known: {PREDICTIONS}")
     snr = torch.as_tensor(snr)
     if not snr.is_floating_point():
         snr = snr.to(torch.float32)

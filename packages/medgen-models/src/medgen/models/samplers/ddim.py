@@ -11,7 +11,14 @@ import torch
 from medgen.cuda import ddim_step
 from medgen.models.ddpm import DDPM
 from medgen.models.samplers.early_stop import EarlyStop
-from medgen.models.samplers.loop import Callback, Model, guided, progress_bar, standard_normal
+from medgen.models.samplers.loop import (
+    Callback,
+    Model,
+    discrete_loop,
+    guided,
+    progress_bar,
+    standard_normal,
+)
 from medgen.models.timesteps import inference_timesteps
 
 
@@ -46,29 +53,19 @@ def ddim(
     ``early_stop`` may end the loop early, returning the current x0 prediction.
     """
     _check(strategy)
-    model = guided(model, guidance, null_token)
-    if early_stop is not None:
-        early_stop.reset()
     ts = inference_timesteps(strategy.num_train_timesteps, steps, spacing)
-    abar = strategy.alphas_cumprod
-    x = x_T
-    for i, t in enumerate(progress_bar(ts.tolist(), "DDIM", progress)):
-        t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        output = model(x, t_batch, cond)
-        a_t = float(abar[t])
-        a_prev = float(abar[ts[i + 1]]) if i + 1 < len(ts) else 1.0
+
+    def step(x, output, a_t, a_prev, last):
         noise = standard_normal(x, generator) if eta > 0 else None
-        x_next, x0 = ddim_step(
+        return ddim_step(
             x, output, a_t, a_prev, prediction=strategy.prediction, eta=eta, noise=noise,
             clip_x0=clip_x0,
         )  # fmt: skip
-        if callback is not None:
-            callback({"i": i, "t": t, "x": x_next, "x0": x0})
-        stop = early_stop is not None and i + 1 < len(ts) and early_stop(i, t, x, x_next)
-        x = x0 if stop else x_next
-        if stop:
-            break
-    return x
+
+    return discrete_loop(
+        guided(model, guidance, null_token), strategy, x_T, ts, step, desc="DDIM", cond=cond,
+        callback=callback, progress=progress, early_stop=early_stop,
+    )  # fmt: skip
 
 
 @torch.no_grad()

@@ -13,7 +13,13 @@ import torch
 from medgen.cuda import ddpm_step
 from medgen.models.ddpm import DDPM
 from medgen.models.samplers.early_stop import EarlyStop
-from medgen.models.samplers.loop import Callback, Model, guided, progress_bar, standard_normal
+from medgen.models.samplers.loop import (
+    Callback,
+    Model,
+    discrete_loop,
+    guided,
+    standard_normal,
+)
 from medgen.models.timesteps import inference_timesteps
 
 
@@ -42,27 +48,16 @@ def ddpm(
     """
     if not isinstance(strategy, DDPM):
         raise TypeError(f"DDPM sampling needs a DDPM strategy, got {type(strategy).__name__}")
-    model = guided(model, guidance, null_token)
-    if early_stop is not None:
-        early_stop.reset()
     T = strategy.num_train_timesteps
     ts = inference_timesteps(T, T if steps is None else steps, spacing)
-    abar = strategy.alphas_cumprod
-    x = x_T
-    for i, t in enumerate(progress_bar(ts.tolist(), "DDPM", progress)):
-        t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        output = model(x, t_batch, cond)
-        last = i + 1 == len(ts)
-        a_t = float(abar[t])
-        a_prev = 1.0 if last else float(abar[ts[i + 1]])
+
+    def step(x, output, a_t, a_prev, last):
         noise = None if last else standard_normal(x, generator)
-        x_next, x0 = ddpm_step(
+        return ddpm_step(
             x, output, a_t, a_prev, prediction=strategy.prediction, noise=noise, clip_x0=clip_x0
         )
-        if callback is not None:
-            callback({"i": i, "t": t, "x": x_next, "x0": x0})
-        stop = early_stop is not None and not last and early_stop(i, t, x, x_next)
-        x = x0 if stop else x_next
-        if stop:
-            break
-    return x
+
+    return discrete_loop(
+        guided(model, guidance, null_token), strategy, x_T, ts, step, desc="DDPM", cond=cond,
+        callback=callback, progress=progress, early_stop=early_stop,
+    )  # fmt: skip
