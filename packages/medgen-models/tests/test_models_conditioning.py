@@ -15,7 +15,7 @@ from medgen.models.conditioning import (
     validate_token_count,
     zbin_class_token,
 )
-from medgen.models.unet import ConditionedUNet, TokenConditionedUNet
+from medgen.models.networks.unet import ConditionedUNet
 
 NET = dict(
     channels=(16, 32), attention_levels=(False, True), norm_num_groups=8, num_head_channels=16
@@ -47,7 +47,9 @@ def test_token_count_validated_against_data_names_expected_and_got():
         validate_token_count(8, n_bins=5, n_classes=2)
     with pytest.raises(ValueError, match=r"needs at least 12 tokens .* got num_tokens=10"):
         validate_token_count(10, torch.tensor([3, 11]))
-    net = TokenConditionedUNet(2, 1, 1, 6, (16, 32), (False, False), norm_num_groups=8)
+    net = ConditionedUNet(
+        2, 1, 1, num_tokens=6, channels=(16, 32), attention_levels=(False, False), norm_num_groups=8
+    )
     with pytest.raises(
         ValueError, match=r"expected 4 z-bins x 2 classes = 8 tokens, got num_tokens=6"
     ):

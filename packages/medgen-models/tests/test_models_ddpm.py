@@ -133,3 +133,19 @@ def test_zero_terminal_snr_rejects_epsilon_prediction():
     with pytest.raises(ValueError, match="zero-terminal-SNR"):
         DDPM(sched, prediction="epsilon")
     assert DDPM(sched, prediction="v").prediction == "v"
+
+
+def test_model_time_is_the_integer_timestep_as_float32_exactly():
+    s = DDPM(schedules.cosine(1000))
+    t = torch.arange(1000)
+    mt = s.model_time(t)
+    assert mt.dtype == torch.float32 and mt.shape == t.shape
+    assert torch.equal(mt, t.to(torch.float64).to(torch.float32))
+    assert torch.equal(mt.to(torch.int64), t)  # exact: every timestep survives the round trip
+    assert torch.equal(
+        s.model_time(torch.tensor([750.0], dtype=torch.float64)), torch.tensor([750.0])
+    )
+    with pytest.raises(ValueError, match="must be integers"):
+        s.model_time(torch.tensor([1.5]))
+    with pytest.raises(ValueError, match=r"\[0, 1000\)"):
+        s.model_time(torch.tensor([1000]))

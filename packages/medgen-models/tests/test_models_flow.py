@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from medgen.models import RectifiedFlow, samplers
-from medgen.models.flow import resolution_shift, shift_time
+from medgen.models.strategies.flow import resolution_shift, shift_time
 
 
 def psnr(a, b):

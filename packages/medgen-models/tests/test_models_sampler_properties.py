@@ -17,7 +17,7 @@ def gaussian_oracle(strategy: DDPM):
     as whatever the strategy's prediction type is."""
 
     def model(x, t, cond):  # float64 inside, like a network whose output is finite
-        a = strategy.alphas_cumprod[t.cpu()].reshape(-1, *([1] * (x.ndim - 1)))
+        a = strategy.alphas_cumprod[t.cpu().long()].reshape(-1, *([1] * (x.ndim - 1)))
         sa, sb, xd = a.sqrt(), (1 - a).sqrt(), x.double()
         x0 = MU + sa * S**2 * (xd - sa * MU) / (a * S**2 + 1 - a)
         eps = (xd - sa * x0) / sb
@@ -79,6 +79,24 @@ def linear_flow_oracle(a, b):
         return ((1 - a) * eps - b).to(x.dtype)
 
     return model
+
+
+def test_ddim_inversion_passes_model_time():
+    """Inversion, like every sampler, gives the network ``strategy.model_time(t)`` (float32),
+    walking the sampling grid backwards, once per fixed-point iteration."""
+    strategy = DDPM(schedules.cosine(1000), "v")
+    seen = []
+
+    def model(x, t, cond):
+        seen.append(t)
+        return torch.zeros_like(x)
+
+    samplers.ddim_invert(model, strategy, torch.zeros(2, 1, 4, 4), 5, fixed_point_iters=1)
+    grid = inference_timesteps(1000, 5).flip(0)
+    assert all(t.dtype == torch.float32 and t.shape == (2,) for t in seen)
+    assert torch.equal(
+        torch.stack([t[0] for t in seen]), strategy.model_time(grid.repeat_interleave(2))
+    )
 
 
 @pytest.mark.parametrize("sampler", ["euler", "heun"])

@@ -2,10 +2,20 @@
 diffusers' ``SchedulerCommonTest``): interface, shapes (2D and 3D), dtypes, YAML config round
 trip giving identical steps, and device handling."""
 
+import types
+
 import pytest
 import torch
 
-from medgen.models import DDPM, RectifiedFlow, Strategy, samplers, schedules, strategy_from_config
+from medgen.models import (
+    DDPM,
+    RectifiedFlow,
+    Strategy,
+    inference_timesteps,
+    samplers,
+    schedules,
+    strategy_from_config,
+)
 
 yaml = pytest.importorskip("yaml")
 
@@ -87,12 +97,31 @@ class TestStrategySamplerCommon:
         t_dtypes = set()
         samplers.SAMPLERS[sampler](lambda x, t, c: t_dtypes.add(t.dtype) or toy_model(x, t, c),
                                    strategy, x_T, 2, generator=torch.Generator())  # fmt: skip
-        assert t_dtypes == ({torch.float32} if strategy.kind == "rflow" else {torch.int64})
+        assert t_dtypes == {torch.float32}
         x0 = torch.rand(SHAPES["2d"]).to(dtype)
         t = strategy.sample_timesteps(2)
         assert strategy.add_noise(x0, torch.randn_like(x0), t).dtype == dtype
         for k, v in before.items():  # tables untouched by low-precision calls
             assert getattr(strategy, k).dtype == v.dtype and torch.equal(getattr(strategy, k), v)
+
+    def test_samplers_pass_model_time_to_the_network(self, make, sampler):
+        """The network sees ``strategy.model_time(t)`` on the sampler's own grid, float32."""
+        strategy = make()
+        seen = []
+        x_T = torch.randn(SHAPES["2d"], generator=torch.Generator().manual_seed(7))
+        samplers.SAMPLERS[sampler](lambda x, t, c: seen.append(t) or toy_model(x, t, c),
+                                   strategy, x_T, 4, generator=torch.Generator())  # fmt: skip
+        if strategy.kind == "ddpm":
+            grid = inference_timesteps(strategy.num_train_timesteps, 4)
+        else:
+            grid = strategy.timesteps(4)[:-1]  # the model is never called at t = 0
+        expected = strategy.model_time(grid)
+        assert expected.dtype == torch.float32
+        assert all(t.dtype == torch.float32 and t.shape == (x_T.shape[0],) for t in seen)
+        firsts = torch.stack([t[0] for t in seen])
+        assert set(firsts.tolist()) == set(expected.tolist())
+        if strategy.kind == "ddpm":  # the integers themselves, exactly
+            assert torch.equal(firsts, grid.to(torch.float32))
 
     def test_yaml_config_round_trip_gives_identical_steps(self, make, sampler):
         strategy = make()
@@ -128,3 +157,16 @@ class TestStrategySamplerCommon:
         assert t.device.type == device
         x0 = torch.randn(SHAPES["2d"], device=device)
         assert strategy.add_noise(x0, torch.randn_like(x0), t).device.type == device
+
+
+def test_model_time_is_part_of_the_protocol():
+    """runtime_checkable isinstance: both strategies qualify; a strategy without the network-time
+    hook does not."""
+    ddpm = DDPM(schedules.linear(10))
+    assert isinstance(ddpm, Strategy) and isinstance(RectifiedFlow(), Strategy)
+    members = ("kind", "prediction", "sample_timesteps", "add_noise", "training_target",
+               "predict_x0", "predict_x0_eps", "snr", "config")  # fmt: skip
+    partial = types.SimpleNamespace(**{name: getattr(ddpm, name) for name in members})
+    assert not isinstance(partial, Strategy)
+    partial.model_time = ddpm.model_time
+    assert isinstance(partial, Strategy)

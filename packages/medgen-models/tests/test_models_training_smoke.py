@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from medgen.models import DDPM, ddim, schedules
-from medgen.models.loss_weighting import diffusion_loss, min_snr_weight
-from medgen.models.unet import ConditionedUNet
+from medgen.models.losses import diffusion_loss, min_snr_weight
+from medgen.models.networks.unet import ConditionedUNet
 
 MNI_T1 = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 N_SLICES, N_BINS, SIZE = 32, 4, 16

@@ -1,10 +1,14 @@
-"""medgen.models: schedules, diffusion strategies, samplers, spaces and conditioned networks."""
+"""medgen.models: schedules, diffusion strategies, samplers, spaces and conditioned networks.
 
-from medgen.models import conditioning, samplers, schedules, spaces
+Layout: :mod:`.strategies` (schedules, timesteps, DDPM, rectified flow, the Strategy
+protocol), :mod:`.samplers`, :mod:`.networks` (the Network protocol, ConditionedUNet),
+:mod:`.conditioning`, :mod:`.spaces`, :mod:`.losses`. The names below are the public surface.
+"""
+
+from medgen.models import conditioning, losses, networks, samplers, spaces, strategies
 from medgen.models.conditioning import Conditioning, FiLM, ModeEmbedding, TokenEmbedding
-from medgen.models.ddpm import DDPM, PREDICTIONS
-from medgen.models.flow import RectifiedFlow
-from medgen.models.loss_weighting import diffusion_loss, masked_mean_per_sample, min_snr_weight
+from medgen.models.losses import diffusion_loss, masked_mean_per_sample, min_snr_weight
+from medgen.models.networks import ConditionedUNet, Network
 from medgen.models.samplers import ddim
 from medgen.models.spaces import (
     LatentSpace,
@@ -14,37 +18,48 @@ from medgen.models.spaces import (
     WaveletSpace,
     space_from_config,
 )
-from medgen.models.strategy import Strategy, strategy_from_config
-from medgen.models.timesteps import inference_timesteps
-from medgen.models.unet import ConditionedUNet, TokenConditionedUNet
+from medgen.models.strategies import (
+    DDPM,
+    PREDICTIONS,
+    STRATEGIES,
+    RectifiedFlow,
+    Strategy,
+    inference_timesteps,
+    schedules,
+    strategy_from_config,
+)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "DDPM",
     "PREDICTIONS",
+    "STRATEGIES",
     "ConditionedUNet",
     "Conditioning",
     "FiLM",
     "LatentSpace",
     "ModeEmbedding",
+    "Network",
     "PixelSpace",
     "RectifiedFlow",
     "Space",
     "SpaceToDepth",
     "Strategy",
-    "TokenConditionedUNet",
     "TokenEmbedding",
     "WaveletSpace",
     "conditioning",
     "ddim",
     "diffusion_loss",
     "inference_timesteps",
+    "losses",
     "masked_mean_per_sample",
     "min_snr_weight",
+    "networks",
     "samplers",
     "schedules",
     "space_from_config",
     "spaces",
+    "strategies",
     "strategy_from_config",
 ]

@@ -10,7 +10,7 @@ import torch
 
 @dataclass(frozen=True)
 class Conditioning:
-    """Per-batch conditioning for :class:`medgen.models.unet.ConditionedUNet`.
+    """Per-batch conditioning for :class:`medgen.models.networks.unet.ConditionedUNet`.
 
     token: (B,) int z-bin x class tokens; mode: (B,) int mode ids; size_bins: (B, K) float
     vector for FiLM; priors: tensors concatenated as channels (a sequence, or a mapping

@@ -14,6 +14,9 @@ from torch import nn
 
 
 class FiLM(nn.Module):
+    """Feature-wise linear modulation ``h * (1 + gamma(c)) + beta(c)`` (see the module docstring);
+    identity at init."""
+
     def __init__(self, cond_dim: int, num_channels: int, hidden: int | None = None) -> None:
         super().__init__()
         if cond_dim < 1 or num_channels < 1:
@@ -39,6 +42,7 @@ class FiLM(nn.Module):
         return gamma, beta
 
     def forward(self, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """``h`` (B, num_channels, ...) modulated by ``cond`` (B, cond_dim), in h's dtype."""
         if h.ndim < 2 or h.shape[1] != self.num_channels:
             raise ValueError(
                 f"FiLM: features must be (B, {self.num_channels}, ...), got {tuple(h.shape)}"

@@ -25,6 +25,7 @@ class ModeEmbedding(nn.Module):
             nn.init.zeros_(self.embedding.weight)
 
     def forward(self, mode: torch.Tensor) -> torch.Tensor:
+        """The (B, dim) embedding rows of ``mode``; a ValueError for a mode out of range."""
         mode = torch.as_tensor(mode, device=self.embedding.weight.device).long()
         if mode.ndim != 1:
             raise ValueError(f"mode must be (B,), got shape {tuple(mode.shape)}")

@@ -77,11 +77,13 @@ class TokenEmbedding(nn.Module):
 
     @property
     def null_index(self) -> int:
+        """The index of the learned null row (``num_tokens``); ValueError without one."""
         if not self.null_token:
             raise ValueError("this TokenEmbedding was built without a null token")
         return self.num_tokens
 
     def forward(self, token: torch.Tensor) -> torch.Tensor:
+        """The (B, dim) embedding rows of ``token``; a ValueError for a token out of range."""
         token = torch.as_tensor(token, device=self.embedding.weight.device).long()
         if token.ndim != 1:
             raise ValueError(f"token must be (B,), got shape {tuple(token.shape)}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 
 from medgen.cuda import ddim_step
-from medgen.models.ddpm import DDPM
 from medgen.models.samplers.early_stop import EarlyStop
 from medgen.models.samplers.loop import (
     Callback,
@@ -19,7 +18,8 @@ from medgen.models.samplers.loop import (
     progress_bar,
     standard_normal,
 )
-from medgen.models.timesteps import inference_timesteps
+from medgen.models.strategies.ddpm import DDPM
+from medgen.models.strategies.timesteps import inference_timesteps
 
 
 def _check(strategy) -> None:
@@ -102,11 +102,12 @@ def ddim_invert(
     x = x0
     a_cur = 1.0
     for i, t in enumerate(progress_bar(ts.tolist(), "DDIM inversion", progress)):
-        t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        t_batch = torch.full((x.shape[0],), t, dtype=torch.long)
+        t_model = strategy.model_time(t_batch).to(x.device)
         a_next = float(abar[t])
         x_eval = x
         for _ in range(1 + fixed_point_iters):
-            eps = strategy.predict_x0_eps(x_eval, model(x_eval, t_batch, cond), t_batch)[1]
+            eps = strategy.predict_x0_eps(x_eval, model(x_eval, t_model, cond), t_batch)[1]
             x_next, x0_hat = ddim_step(x, eps, a_cur, a_next, prediction="epsilon")
             x_eval = x_next
         if callback is not None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 
 from medgen.cuda import ddpm_step
-from medgen.models.ddpm import DDPM
 from medgen.models.samplers.early_stop import EarlyStop
 from medgen.models.samplers.loop import (
     Callback,
@@ -20,7 +19,8 @@ from medgen.models.samplers.loop import (
     guided,
     standard_normal,
 )
-from medgen.models.timesteps import inference_timesteps
+from medgen.models.strategies.ddpm import DDPM
+from medgen.models.strategies.timesteps import inference_timesteps
 
 
 @torch.no_grad()

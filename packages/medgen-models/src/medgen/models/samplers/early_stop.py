@@ -27,6 +27,7 @@ class EarlyStop:
         self.reset()
 
     def reset(self) -> None:
+        """Forget the previous run (done by every sampler at its start)."""
         self.stopped_at: int | None = None
         self.stopped_t: float | None = None
         self.ratios: list[float] = []

@@ -2,7 +2,7 @@
 of Diffusion-Based Generative Models", Algorithm 1 with the ODE dx/dt = v).
 
 Time runs over ``strategy.timesteps(steps)`` (shifted, from 1 to 0; see
-:mod:`medgen.models.flow` for the conventions). Every update is :func:`medgen.cuda.euler_step`.
+:mod:`medgen.models.strategies.flow` for the conventions). Every update is :func:`medgen.cuda.euler_step`.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 
 from medgen.cuda import euler_step
-from medgen.models.flow import RectifiedFlow
 from medgen.models.samplers.early_stop import EarlyStop
 from medgen.models.samplers.loop import Callback, Model, guided, progress_bar
+from medgen.models.strategies.flow import RectifiedFlow
 
 
 def _flow(model, strategy, x_T, steps, cond, callback, progress, early_stop, heun, desc):

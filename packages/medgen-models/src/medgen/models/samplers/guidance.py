@@ -32,6 +32,7 @@ class ClassifierFreeGuidance:
         self.batched = batched
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The guided output at (x, t) for tokens ``cond`` (B,)."""
         if cond is None:
             raise ValueError("classifier-free guidance needs conditioning tokens (cond)")
         if not isinstance(cond, torch.Tensor):

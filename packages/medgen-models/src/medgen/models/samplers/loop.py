@@ -6,8 +6,9 @@ All samplers have one signature (k-diffusion style)::
     sampler(model, strategy, x_T, steps, *, cond=None, generator=None, callback=None,
             progress=False, early_stop=None, guidance=None, null_token=None, ...) -> x_0
 
-``model(x_t, t, cond) -> output`` returns what the strategy's prediction type says; ``t`` is a
-(B,) tensor (int64 DDPM timesteps, or float32 ``strategy.model_time(t)`` for flows).
+``model(x_t, t, cond) -> output`` returns what the strategy's prediction type says; ``t`` is
+the (B,) float32 tensor ``strategy.model_time(t)`` for every strategy (DDPM timesteps as exact
+float32 integers, flow times scaled), so the network never learns which strategy drives it.
 ``callback`` receives ``{"i", "t", "x", "x0"}`` after each step.
 """
 
@@ -61,8 +62,8 @@ def discrete_loop(model: Model, strategy, x_T: torch.Tensor, ts: torch.Tensor, s
     abar = strategy.alphas_cumprod
     x = x_T
     for i, t in enumerate(progress_bar(ts.tolist(), desc, progress)):
-        t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        output = model(x, t_batch, cond)
+        t_model = strategy.model_time(torch.full((x.shape[0],), t, dtype=torch.long))
+        output = model(x, t_model.to(x.device), cond)
         last = i + 1 == len(ts)
         a_prev = 1.0 if last else float(abar[ts[i + 1]])
         x_next, x0 = step(x, output, float(abar[t]), a_prev, last)

@@ -108,6 +108,7 @@ class LatentSpace(nn.Module):
         self.set_scale_factor(scale_factor)
 
     def set_scale_factor(self, value: float) -> None:
+        """Set the latent scale factor (finite, > 0), kept in float64."""
         value = float(value)
         if not value > 0 or not math.isfinite(value):
             raise ValueError(f"LatentSpace: scale_factor must be finite and > 0, got {value}")
@@ -127,15 +128,18 @@ class LatentSpace(nn.Module):
         return out
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The autoencoder's latent of ``x``, times the scale factor."""
         check_input(x.shape, self.spatial_dims, "LatentSpace.encode")
         z = raw_encode(self.autoencoder, x)
         return z * float(self.scale_factor)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The autoencoder's decoding of ``z`` / scale factor."""
         check_input(z.shape, self.spatial_dims, "LatentSpace.decode", "z")
         return self.autoencoder.decode(z / float(self.scale_factor))
 
     def latent_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
+        """Shape of ``encode(x)``: computed from ``downsample`` if given, else by a dry run."""
         check_input(input_shape, self.spatial_dims, "LatentSpace.latent_shape", "input_shape")
         b, c, *sizes = (int(s) for s in input_shape)
         if self.downsample is not None:
@@ -154,6 +158,7 @@ class LatentSpace(nn.Module):
         return (b, *z.shape[1:])
 
     def config(self) -> dict:
+        """Plain, YAML-safe description (the autoencoder itself is not included)."""
         return {
             "kind": self.kind,
             "spatial_dims": self.spatial_dims,

@@ -22,16 +22,20 @@ class PixelSpace(nn.Module):
         self.spatial_dims = int(spatial_dims)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` itself (after the shape check)."""
         check_input(x.shape, self.spatial_dims, "PixelSpace.encode")
         return x
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """``z`` itself (after the shape check)."""
         check_input(z.shape, self.spatial_dims, "PixelSpace.decode", "z")
         return z
 
     def latent_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
+        """``input_shape`` unchanged."""
         check_input(input_shape, self.spatial_dims, "PixelSpace.latent_shape", "input_shape")
         return tuple(int(s) for s in input_shape)
 
     def config(self) -> dict:
+        """Plain, YAML-safe description."""
         return {"kind": self.kind, "spatial_dims": self.spatial_dims}

@@ -71,16 +71,20 @@ class SpaceToDepth(nn.Module):
         self.factor = int(factor)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Each factor^d block of voxels folded into channels."""
         return space_to_depth(x, self.factor, self.spatial_dims)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`encode`."""
         return depth_to_space(z, self.factor, self.spatial_dims)
 
     def latent_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
+        """(B, C * factor^d, *spatial / factor)."""
         check_input(input_shape, self.spatial_dims, "SpaceToDepth.latent_shape", "input_shape")
         b, c, *sizes = (int(s) for s in input_shape)
         _check_divisible(sizes, self.factor, "SpaceToDepth.latent_shape")
         return (b, c * self.factor**self.spatial_dims, *[s // self.factor for s in sizes])
 
     def config(self) -> dict:
+        """Plain, YAML-safe description."""
         return {"kind": self.kind, "spatial_dims": self.spatial_dims, "factor": self.factor}

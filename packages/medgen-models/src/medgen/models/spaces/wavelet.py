@@ -37,6 +37,7 @@ class WaveletSpace(nn.Module):
 
     @property
     def subbands(self) -> int:
+        """2^spatial_dims Haar subbands per input channel."""
         return 2**self.spatial_dims
 
     def _scale_low(self, w: torch.Tensor, factor: float) -> torch.Tensor:
@@ -44,10 +45,12 @@ class WaveletSpace(nn.Module):
         return torch.cat((w[:, :c] * factor, w[:, c:]), dim=1)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Orthonormal Haar DWT of ``x``, low band scaled by ``low_scale``."""
         check_input(x.shape, self.spatial_dims, "WaveletSpace.encode")
         return self._scale_low(haar_dwt(x), self.low_scale)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The exact inverse of :meth:`encode`."""
         check_input(z.shape, self.spatial_dims, "WaveletSpace.decode", "z")
         if z.shape[1] % self.subbands:
             raise ValueError(
@@ -57,6 +60,7 @@ class WaveletSpace(nn.Module):
         return haar_idwt(self._scale_low(z, 1.0 / self.low_scale))
 
     def latent_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
+        """(B, C * 2^d, *spatial / 2); every spatial size must be even."""
         check_input(input_shape, self.spatial_dims, "WaveletSpace.latent_shape", "input_shape")
         b, c, *sizes = (int(s) for s in input_shape)
         for axis, s in enumerate(sizes):
@@ -68,4 +72,5 @@ class WaveletSpace(nn.Module):
         return (b, c * self.subbands, *[s // 2 for s in sizes])
 
     def config(self) -> dict:
+        """Plain, YAML-safe description."""
         return {"kind": self.kind, "spatial_dims": self.spatial_dims, "low_scale": self.low_scale}

@@ -13,8 +13,9 @@ Sign conventions, stated once for the whole package:
 
 t is never quantised: it is drawn and shifted in float64 and handed to the network as float32
 (``model_time``), never float16/bfloat16 (bf16 rounds the time 750 to 752, diffusers issue 9405;
-MONAI's RFlowScheduler stores its inference times as float16). The resolution shift (SD3 eq. 23; diffusers' ``shift``; MONAI's ``timestep_transform``)
-t' = s t / (1 + (s - 1) t) is applied both to training times and to the sampling grid.
+MONAI's RFlowScheduler stores its inference times as float16). The resolution shift (SD3
+eq. 23; diffusers' ``shift``; MONAI's ``timestep_transform``) t' = s t / (1 + (s - 1) t) is
+applied both to training times and to the sampling grid.
 """
 
 from __future__ import annotations
@@ -141,6 +142,7 @@ class RectifiedFlow:
         return (xt - tt * v).to(x_t.dtype), (xt + (1 - tt) * v).to(x_t.dtype)
 
     def predict_x0(self, x_t: torch.Tensor, output: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x0 = x_t - t v (see :meth:`predict_x0_eps`)."""
         return self.predict_x0_eps(x_t, output, t)[0]
 
     def snr(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -149,6 +151,7 @@ class RectifiedFlow:
         return ((1 - tt) / tt) ** 2
 
     def config(self) -> dict:
+        """Plain, YAML-safe scalars that :meth:`from_config` turns back into this flow."""
         return {
             "strategy": "rflow",
             "shift": self.shift,

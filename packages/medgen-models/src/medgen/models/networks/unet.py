@@ -1,4 +1,5 @@
-"""MONAI's ``DiffusionModelUNet`` wired to MedGen's conditioning (tokens, modes, FiLM, priors)."""
+"""MONAI's ``DiffusionModelUNet`` wired to MedGen's conditioning (tokens, modes, FiLM, priors)
+and to ControlNet residuals, behind the :class:`~medgen.models.networks.Network` protocol."""
 
 from __future__ import annotations
 
@@ -19,68 +20,12 @@ from medgen.models.conditioning import (
 )
 
 
-class TokenConditionedUNet(nn.Module):
-    """A ``spatial_dims``-generic UNet conditioned on one integer token per sample.
-
-    The token (e.g. ``z_bin + n_bins * class``) indexes MONAI's class embedding, which is added
-    to the timestep embedding. Timesteps are passed to the network as float32, never rounded
-    through a low-precision dtype.
-    """
-
-    def __init__(
-        self,
-        spatial_dims: int,
-        in_channels: int,
-        out_channels: int,
-        num_tokens: int,
-        channels: Sequence[int] = (32, 64, 64),
-        attention_levels: Sequence[bool] = (False, False, True),
-        num_res_blocks: int | Sequence[int] = 1,
-        num_head_channels: int = 32,
-        norm_num_groups: int = 16,
-    ) -> None:
-        super().__init__()
-        if num_tokens < 1:
-            raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
-        self.num_tokens = int(num_tokens)
-        self.net = DiffusionModelUNet(
-            spatial_dims=spatial_dims,
-            in_channels=in_channels,
-            out_channels=out_channels,
-            channels=tuple(channels),
-            attention_levels=tuple(attention_levels),
-            num_res_blocks=num_res_blocks,
-            num_head_channels=num_head_channels,
-            norm_num_groups=norm_num_groups,
-            num_class_embeds=self.num_tokens,
-        )
-
-    def validate_tokens(
-        self,
-        tokens: torch.Tensor | None = None,
-        *,
-        n_bins: int | None = None,
-        n_classes: int | None = None,
-    ) -> None:
-        """Check ``num_tokens`` against the data (see :func:`validate_token_count`)."""
-        validate_token_count(self.num_tokens, tokens, n_bins=n_bins, n_classes=n_classes)
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
-        if token is None:
-            raise ValueError("TokenConditionedUNet needs a token per sample")
-        if token.min() < 0 or token.max() >= self.num_tokens:
-            raise ValueError(
-                f"token out of range [0, {self.num_tokens}): got {int(token.min())}.."
-                f"{int(token.max())}; the model was built for fewer bins/classes than the data"
-            )
-        return self.net(x, t.to(torch.float32), class_labels=token.long())
-
-
 class ConditionedUNet(nn.Module):
     """MONAI's ``DiffusionModelUNet`` with every MedGen conditioning, 2D or 3D.
 
     - ``num_tokens``: z-bin x class token embedding (optionally with a learned null token for
-      classifier-free guidance) added to the timestep embedding;
+      classifier-free guidance) added to the timestep embedding, as MONAI's
+      ``num_class_embeds`` does (equal outputs with the same weights, tested);
     - ``num_modes``: mode embedding (zero-initialised) added to the timestep embedding;
     - ``size_bins_dim``: FiLM of the timestep embedding by a (B, K) size-bin vector, i.e. a
       per-channel scale and shift of the embedding every residual block reads (identity at
@@ -90,11 +35,13 @@ class ConditionedUNet(nn.Module):
       ``out_channels``;
     - ``cross_attention_dim``: MONAI's cross-attention context.
 
-    ``forward(x, t, cond)`` takes a :class:`Conditioning` (or a (B,) token tensor, as
-    :class:`TokenConditionedUNet` does, so samplers' ``model(x, t, cond)`` works unchanged).
+    ``forward(x, t, cond)`` follows the :class:`~medgen.models.networks.Network` protocol:
+    ``cond`` is a :class:`Conditioning`, a mapping of its fields, a (B,) token tensor or None.
     The forward pass is MONAI's (time embedding, conv_in, down, mid, up, out) with the
-    conditioning added between the time embedding and the blocks; without conditioning it
-    equals ``DiffusionModelUNet.forward`` exactly (tested). Timesteps enter as float32.
+    conditioning added between the time embedding and the blocks, and MONAI's ControlNet
+    inputs (``down_block_additional_residuals``, ``mid_block_additional_residual``) added
+    where ``DiffusionModelUNet.forward`` adds them; without conditioning it equals
+    ``DiffusionModelUNet.forward`` exactly (tested). Timesteps enter as float32.
     """
 
     def __init__(
@@ -143,7 +90,15 @@ class ConditionedUNet(nn.Module):
 
     @property
     def num_tokens(self) -> int | None:
+        """Rows of the token table without the null row (None: built without tokens)."""
         return None if self.token_embedding is None else self.token_embedding.num_tokens
+
+    @property
+    def num_down_residuals(self) -> int:
+        """How many ``down_block_additional_residuals`` :meth:`forward` takes: one per skip
+        connection (conv_in's output, then every down block's outputs), as MONAI's ControlNet
+        returns them."""
+        return sum(len(block.resnets) for block in self.net.up_blocks)
 
     def validate_tokens(
         self,
@@ -189,15 +144,22 @@ class ConditionedUNet(nn.Module):
         self,
         x: torch.Tensor,
         t: torch.Tensor,
-        cond: Conditioning | torch.Tensor | None = None,
+        cond: Conditioning | Mapping | torch.Tensor | None = None,
+        *,
+        down_block_additional_residuals: Sequence[torch.Tensor] | None = None,
+        mid_block_additional_residual: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if cond is None:
-            cond = Conditioning()
-        elif isinstance(cond, torch.Tensor):
-            cond = Conditioning(token=cond)
-        elif isinstance(cond, Mapping):
-            cond = Conditioning(**cond)
+        """The prediction for ``x`` (B, in_channels, *spatial) at time ``t`` (B,) under ``cond``.
+
+        ``down_block_additional_residuals`` (:attr:`num_down_residuals` tensors, shaped like
+        the skip connections) are added to the skip connections after the down blocks, and
+        ``mid_block_additional_residual`` to the middle block's output, exactly as MONAI's
+        ``DiffusionModelUNet.forward`` does with a ``monai.networks.nets.ControlNet``'s outputs.
+        A wrong count or shape is a ValueError naming what was expected.
+        """
+        cond = _as_conditioning(cond)
         self._check_fields(cond)
+        extra = self._check_residual_count(down_block_additional_residuals)
         if cond.priors is not None:
             x = concat_priors(x, cond.priors, self.prior_modes, self.prior_channels)
         net = self.net
@@ -208,9 +170,54 @@ class ConditionedUNet(nn.Module):
         for block in net.down_blocks:
             h, res = block(hidden_states=h, temb=emb, context=context)
             residuals.extend(res)
+        if extra is not None:  # ControlNet: added to every skip connection
+            _check_shapes("down_block_additional_residuals", residuals, extra)
+            residuals = [r + e for r, e in zip(residuals, extra, strict=True)]
         h = net.middle_block(hidden_states=h, temb=emb, context=context)
+        if mid_block_additional_residual is not None:  # ControlNet: added after the middle
+            _check_shapes("mid_block_additional_residual", [h], [mid_block_additional_residual])
+            h = h + mid_block_additional_residual
         for block in net.up_blocks:
             n = len(block.resnets)
             res, residuals = residuals[-n:], residuals[:-n]
             h = block(hidden_states=h, res_hidden_states_list=res, temb=emb, context=context)
         return net.out(h)
+
+    def _check_residual_count(
+        self, residuals: Sequence[torch.Tensor] | None
+    ) -> list[torch.Tensor] | None:
+        if residuals is None:
+            return None
+        if isinstance(residuals, torch.Tensor):
+            raise TypeError(
+                "down_block_additional_residuals must be a sequence of tensors (one per skip "
+                f"connection, {self.num_down_residuals} here), got a single tensor"
+            )
+        residuals = list(residuals)
+        if len(residuals) != self.num_down_residuals:
+            raise ValueError(
+                f"down_block_additional_residuals: expected {self.num_down_residuals} tensors "
+                f"(one per skip connection), got {len(residuals)}"
+            )
+        return residuals
+
+
+def _as_conditioning(cond: Conditioning | Mapping | torch.Tensor | None) -> Conditioning:
+    if cond is None:
+        return Conditioning()
+    if isinstance(cond, torch.Tensor):
+        return Conditioning(token=cond)
+    if isinstance(cond, Mapping):
+        return Conditioning(**cond)
+    return cond
+
+
+def _check_shapes(
+    name: str, features: Sequence[torch.Tensor], residuals: Sequence[torch.Tensor]
+) -> None:
+    for i, (f, r) in enumerate(zip(features, residuals, strict=True)):
+        if tuple(r.shape) != tuple(f.shape):
+            where = f"[{i}]" if len(features) > 1 else ""
+            raise ValueError(
+                f"{name}{where}: expected shape {tuple(f.shape)}, got {tuple(r.shape)}"
+            )

@@ -38,6 +38,7 @@ class NoiseSchedule:
 
     @property
     def num_train_timesteps(self) -> int:
+        """T, the length of the table."""
         return int(self.betas.numel())
 
     @property
@@ -52,6 +53,7 @@ class NoiseSchedule:
 
     @property
     def zero_terminal_snr(self) -> bool:
+        """Whether the schedule was rescaled to alpha_bar[T-1] = 0."""
         return bool(dict(self.params).get("zero_terminal_snr", False))
 
     def config(self) -> dict:

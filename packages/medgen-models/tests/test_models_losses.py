@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from medgen.models import DDPM, schedules
-from medgen.models.loss_weighting import diffusion_loss, masked_mean_per_sample, min_snr_weight
+from medgen.models.losses import diffusion_loss, masked_mean_per_sample, min_snr_weight
 
 # --- Min-SNR-gamma -----------------------------------------------------------------------
 

@@ -7,7 +7,8 @@ a_t = alpha_bar_t. The network predicts one of
 - ``"v"``:       v = sqrt(a_t) eps - sqrt(1 - a_t) x0   (Salimans & Ho, 2022)
 - ``"sample"``:  x0
 
-Timesteps are integers; the schedule table stays float64 (see :mod:`medgen.models.schedules`).
+Timesteps are integers; the network receives them as float32 (:meth:`DDPM.model_time`, exact).
+The schedule table stays float64 (see :mod:`medgen.models.strategies.schedules`).
 Arithmetic runs in float32 (float64 inputs stay float64) whatever the input dtype; results
 are returned in the input dtype.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from medgen.models.schedules import NoiseSchedule, from_config
+from medgen.models.strategies.schedules import NoiseSchedule, from_config
 
 PREDICTIONS = ("epsilon", "v", "sample")
 
@@ -45,6 +46,7 @@ class DDPM:
 
     @property
     def num_train_timesteps(self) -> int:
+        """T, the number of training timesteps of the schedule."""
         return self.schedule.num_train_timesteps
 
     def alpha_bar(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -65,7 +67,21 @@ class DDPM:
         t = torch.randint(0, self.num_train_timesteps, (batch,), generator=generator)
         return t.to(device)
 
+    def model_time(self, t: torch.Tensor) -> torch.Tensor:
+        """What the network gets for timesteps ``t``: the integers as float32, exactly.
+
+        Every integer in [0, 2^24) is a float32, so no timestep is rounded (bf16 would round
+        750 to 752, diffusers issue 9405). The device of ``t`` is kept.
+        """
+        t = torch.as_tensor(t)
+        if t.is_floating_point() and not bool((t == t.round()).all()):
+            raise ValueError("DDPM timesteps must be integers")
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.num_train_timesteps):
+            raise ValueError(f"timesteps must lie in [0, {self.num_train_timesteps})")
+        return t.to(torch.float32)
+
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x_t = sqrt(a_t) x0 + sqrt(1 - a_t) noise, computed in float32, in x0's dtype."""
         a = self.alpha_bar(t, x0)
         cd = a.dtype
         x_t = a.sqrt() * x0.to(cd) + (1 - a).sqrt() * noise.to(cd)
@@ -74,6 +90,7 @@ class DDPM:
     def training_target(
         self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
     ) -> torch.Tensor:
+        """The network's target: ``noise``, ``x0`` or v = sqrt(a_t) noise - sqrt(1 - a_t) x0."""
         if self.prediction == "epsilon":
             return noise
         if self.prediction == "sample":
@@ -110,10 +127,12 @@ class DDPM:
         return self.predict_x0_eps(x_t, output, t)[0]
 
     def snr(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """a_t / (1 - a_t), float32 (float64 for float64 ``like``), shaped to broadcast."""
         a = self.alpha_bar(t, like)
         return a / (1 - a)
 
     def config(self) -> dict:
+        """Plain, YAML-safe scalars: the prediction and the schedule's own ``config()``."""
         return {
             "strategy": "ddpm",
             "prediction": self.prediction,

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from medgen.models.ddpm import PREDICTIONS
+from medgen.models.strategies.ddpm import PREDICTIONS
 
 
 def min_snr_weight(snr: torch.Tensor, prediction: str, gamma: float = 5.0) -> torch.Tensor:
