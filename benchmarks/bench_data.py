@@ -31,7 +31,7 @@ import SimpleITK as sitk
 from harness import DEFAULT_OUT, base_meta, write_results
 
 from medgen.data import read_dicom
-from medgen.data.synthetic_dicom import write_series
+from medgen.data.synthetic.dicom import write_series
 
 
 def time_interleaved(impls: dict, repeats: int) -> tuple[dict, dict]:

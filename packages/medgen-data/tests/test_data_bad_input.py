@@ -26,7 +26,7 @@ from pydicom.uid import generate_uid
 from medgen.data.dicom import list_series, series_key
 from medgen.data.errors import DataError
 from medgen.data.read import read_volume
-from medgen.data.synthetic_dicom import ramp_volume, write_series
+from medgen.data.synthetic.dicom import ramp_volume, write_series
 
 UID = "1.2.826.0.1.3680043.8.498.4242"
 KEY = series_key(UID)

@@ -4,8 +4,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from medgen.data import DataError, Volume
-from medgen.data.collate import PairDataset, collate_padded, pad_stack
-from medgen.data.thick_slices import simulate_thick
+from medgen.data.loading.collate import PairDataset, collate_padded, pad_stack
+from medgen.data.slicing.thick import simulate_thick
 
 
 def thin_volume(depth, side=6, seed=0):

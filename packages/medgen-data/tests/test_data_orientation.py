@@ -9,7 +9,7 @@ import SimpleITK as sitk
 from medgen.data.dicom import read_dicom
 from medgen.data.orientation import orientation_code, to_canonical
 from medgen.data.sitk_image import from_sitk, to_sitk
-from medgen.data.synthetic_dicom import write_series
+from medgen.data.synthetic.dicom import write_series
 
 ORIENTATIONS = {
     "axial": (1, 0, 0, 0, 1, 0),

@@ -13,12 +13,12 @@ import pytest
 import SimpleITK as sitk
 
 from medgen.data.dicom import list_series, read_dicom, series_key
-from medgen.data.dicom_pixels import decode
-from medgen.data.dicom_sources import Member
+from medgen.data.dicom.pixels import decode
+from medgen.data.dicom.sources import Member
 from medgen.data.errors import DataError
 from medgen.data.nifti import read_nifti, write_nifti
 from medgen.data.read import input_kind, read_volume
-from medgen.data.synthetic_dicom import ramp_volume, write_series
+from medgen.data.synthetic.dicom import ramp_volume, write_series
 
 UID = "1.2.826.0.1.3680043.8.498.777"
 DICOMDIR = Path(pydicom.data.__file__).parent / "test_files" / "dicomdirtests" / "DICOMDIR"
@@ -241,7 +241,7 @@ def test_decode_equals_pydicom_pixel_array(tmp_path, dtype, bits_stored, syntax)
 
 
 def test_regrid_slices_closed_form_and_arguments():
-    from medgen.data.dicom_regrid import regrid_slices
+    from medgen.data.dicom.regrid import regrid_slices
 
     along = [0.0, 1.0, 4.0]
     array = np.stack([np.full((2, 2), v, np.float32) for v in (0.0, 10.0, 40.0)])
@@ -254,7 +254,7 @@ def test_regrid_slices_closed_form_and_arguments():
 
 
 def test_stack_geometry_irregular_grid():
-    from medgen.data.dicom_geometry import GeometryError, stack_geometry
+    from medgen.data.dicom.geometry import GeometryError, stack_geometry
 
     iop = [(1, 0, 0, 0, 1, 0)] * 4
     positions = [(0, 0, z) for z in (0.0, 2.5, 1.0, 6.0)]  # input order is not spatial

@@ -6,9 +6,10 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from medgen.data import DataError
-from medgen.data.samplers import (
+from medgen.data.loading.samplers import (
     ClassBalancedSampler,
     GroupedBatchSampler,
+    ResumableBatchSampler,
     oversampled_indices,
     oversampled_share,
 )
@@ -161,3 +162,97 @@ def test_sampler_argument_errors():
         GroupedBatchSampler([0, 1], 1, items=[0, 2])
     s = ClassBalancedSampler([0, 1, 1], 2)
     assert (s.rank, s.world_size) == (0, 1)  # no process group: a single rank
+
+
+# ------------------------------------------------------------------ ResumableBatchSampler
+
+
+def flat(batches):
+    return [entry for batch in batches for entry in batch]
+
+
+@pytest.mark.parametrize("groups", [None, np.arange(50) % 3])
+def test_two_ranks_of_b_see_exactly_what_one_rank_of_2b_sees(groups):
+    labels = (np.arange(50) % 5 == 0).astype(int)
+    kw = dict(seed=11, labels=labels, oversample=3, groups=groups)
+    one = ResumableBatchSampler(50, 8, **kw)
+    ranks = [ResumableBatchSampler(50, 4, rank=r, world_size=2, **kw) for r in range(2)]
+    for epoch in (0, 3):
+        for s in (one, *ranks):
+            s.epoch = epoch
+        big, halves = list(one), [list(s) for s in ranks]
+        assert len(big) == len(halves[0]) == len(halves[1]) == one.batches_per_epoch()
+        for step, batch in enumerate(big):
+            assert batch == halves[0][step] + halves[1][step]  # items and their seeds
+    entries = 50 + 2 * 10  # 10 positives listed 3 times
+    if groups is None:
+        assert one.batches_per_epoch() == entries // 8
+    for batch in big:
+        assert all(isinstance(i, int) and isinstance(s, int) for i, s in batch)
+        if groups is not None:
+            assert len({groups[i] for i, _ in batch}) == 1  # one group per global batch
+
+
+def test_epoch_order_is_a_seeded_permutation_of_the_oversampled_entries():
+    labels = np.array([1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0])  # 3 positives of 12
+    s = ResumableBatchSampler(12, 3, seed=4, labels=labels, oversample=4)
+    items = [i for i, _ in flat(s)]
+    assert Counter(items) == Counter(oversampled_indices(labels, 4).tolist())  # 21 = 7 x 3
+    assert labels[items].mean() == oversampled_share(3, 9, 4) == 12 / 21
+    s.epoch = 1
+    assert [i for i, _ in flat(s)] != items
+    s.epoch = 0
+    assert [i for i, _ in flat(s)] == items
+    plain = ResumableBatchSampler(12, 5, shuffle=False)
+    assert [i for i, _ in flat(plain)] == list(range(10))  # ragged tail of 2 dropped
+
+
+def test_item_seeds_are_seedsequence_of_seed_epoch_and_position():
+    s = ResumableBatchSampler(10, 2, seed=9, rank=1, world_size=2)
+    s.epoch = 2
+    order = s.epoch_batches(2).ravel()
+    for step, batch in enumerate(s):
+        for p, (item, seed) in enumerate(batch):
+            position = step * 4 + 2 + p  # rank 1 takes entries [2, 4) of each global batch
+            assert item == order[position]
+            assert seed == np.random.SeedSequence([9, 2, position]).generate_state(1)[0]
+
+
+def test_restart_at_epoch_and_start_yields_the_rest_of_the_uninterrupted_epoch():
+    labels = np.arange(40) % 4 == 0
+    kw = dict(seed=3, labels=labels.astype(int), oversample=2, rank=1, world_size=2)
+    full = ResumableBatchSampler(40, 3, **kw)
+    full.epoch = 5
+    expected = list(full)
+    for start in (0, 1, 4, len(expected)):
+        resumed = ResumableBatchSampler(40, 3, **kw)
+        resumed.load_state_dict({"epoch": 5, "start": start, "seed": 3})
+        assert len(resumed) == len(expected) - start
+        assert list(resumed) == expected[start:]
+        assert resumed.state_dict() == {"epoch": 5, "start": start, "seed": 3}
+    restored = ResumableBatchSampler(40, 3, **{**kw, "seed": 0})
+    restored.load_state_dict(full.state_dict())
+    assert list(restored) == expected  # the checkpointed seed wins
+
+
+def test_resumable_sampler_errors():
+    with pytest.raises(
+        DataError,
+        match="batch_size: an epoch of 7 entries holds no full global batch of 4 x 2 ranks = 8",
+    ):
+        ResumableBatchSampler(7, 4, world_size=2)
+    with pytest.raises(DataError, match="within one group"):
+        ResumableBatchSampler(8, 4, groups=[0, 1, 2, 3] * 2)
+    with pytest.raises(DataError, match="rank 2 is not in"):
+        ResumableBatchSampler(8, 2, rank=2, world_size=2)
+    with pytest.raises(DataError, match="labels: 3 labels for 8 items"):
+        ResumableBatchSampler(8, 2, labels=[0, 1, 0])
+    with pytest.raises(DataError, match="oversample: 2 needs labels"):
+        ResumableBatchSampler(8, 2, oversample=2)
+    s = ResumableBatchSampler(8, 2)
+    with pytest.raises(DataError, match="sampler state start: expected an integer >= 0"):
+        s.load_state_dict({"epoch": 0, "start": -1, "seed": 0})
+    with pytest.raises(DataError, match="sampler state seed"):
+        s.load_state_dict({"epoch": 0, "start": 0})
+    with pytest.raises(DataError, match="start: 5 is past the 4 batches"):
+        s.load_state_dict({"epoch": 0, "start": 5, "seed": 0})

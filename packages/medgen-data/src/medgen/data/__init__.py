@@ -1,89 +1,95 @@
-"""medgen.data: reading medical volumes and turning them into diffusion training data."""
+"""medgen.data: reading medical volumes and turning them into diffusion training data.
 
-from medgen.data.cache import build_or_load, config_hash, load_cache, write_cache
-from medgen.data.cache_shards import (
-    ShardSource,
-    build_sharded_cache,
-    load_sharded_pairs,
-    load_sharded_slices,
-    verify_sharded_cache,
-    volume_key,
-)
-from medgen.data.cache_sources import pair_source, slice_source
-from medgen.data.collate import PairDataset, collate_padded, pad_stack
+Layers: readers (:mod:`.read`, :mod:`.nifti`, :mod:`.dicom`), geometry and intensity
+(:mod:`.orientation`, :mod:`.resample`, :mod:`.intensity`), training items (:mod:`.slicing`),
+sharded caches with a subject-level split (:mod:`.cache`), DataLoader pieces
+(:mod:`.loading`), and synthetic inputs (:mod:`.synthetic`).
+"""
+
+from medgen.data.cache.atomic import config_hash
+from medgen.data.cache.build import BuildReport, build_cache
+from medgen.data.cache.dataset import CacheDataset
+from medgen.data.cache.recipe import CacheRecipe
+from medgen.data.cache.shards import open_shard, read_manifest, verify_cache
+from medgen.data.cache.sources import Subject, resolve_sources
 from medgen.data.dicom import SeriesInfo, list_series, read_dicom, series_key
-from medgen.data.errors import CacheError, DataError
+from medgen.data.errors import CacheError, CacheWarning, DataError
 from medgen.data.intensity import WINDOW_PRESETS, percentile_scale, window, zscore
-from medgen.data.mask_codec import decode_mask, encode_mask
+from medgen.data.loading.collate import PairDataset, collate_padded, pad_stack
+from medgen.data.loading.samplers import (
+    ClassBalancedSampler,
+    GroupedBatchSampler,
+    ResumableBatchSampler,
+    oversampled_indices,
+    oversampled_share,
+)
 from medgen.data.nifti import read_nifti, write_nifti
 from medgen.data.orientation import orientation_code, to_canonical
 from medgen.data.read import read_volume
 from medgen.data.resample import resample
-from medgen.data.samplers import (
-    ClassBalancedSampler,
-    GroupedBatchSampler,
-    oversampled_indices,
-    oversampled_share,
-)
-from medgen.data.slices import SliceSet, axial_slices
-from medgen.data.templates import mni152_path
-from medgen.data.thick_slices import simulate_thick, thick_mask
-from medgen.data.volume import Volume
-from medgen.data.zbin import (
+from medgen.data.slicing.codec import decode_mask, encode_mask
+from medgen.data.slicing.slices import SliceSet, axial_slices
+from medgen.data.slicing.thick import simulate_thick, thick_mask
+from medgen.data.slicing.zbin import (
     class_token,
     normalize_z_local,
     quantize_z,
     z_bin_bounds,
     z_bin_to_index,
 )
+from medgen.data.synthetic.phantoms import write_demo_dataset
+from medgen.data.templates import mni152_path
+from medgen.data.volume import Volume, pseudonym
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "WINDOW_PRESETS",
+    "BuildReport",
+    "CacheDataset",
     "CacheError",
+    "CacheRecipe",
+    "CacheWarning",
     "ClassBalancedSampler",
     "DataError",
     "GroupedBatchSampler",
     "PairDataset",
+    "ResumableBatchSampler",
     "SeriesInfo",
-    "ShardSource",
     "SliceSet",
+    "Subject",
     "Volume",
     "axial_slices",
-    "build_or_load",
-    "build_sharded_cache",
+    "build_cache",
     "class_token",
     "collate_padded",
     "config_hash",
     "decode_mask",
     "encode_mask",
     "list_series",
-    "load_cache",
-    "load_sharded_pairs",
-    "load_sharded_slices",
     "mni152_path",
     "normalize_z_local",
+    "open_shard",
     "orientation_code",
     "oversampled_indices",
     "oversampled_share",
     "pad_stack",
-    "pair_source",
     "percentile_scale",
+    "pseudonym",
     "quantize_z",
     "read_dicom",
+    "read_manifest",
     "read_nifti",
     "read_volume",
     "resample",
+    "resolve_sources",
     "series_key",
     "simulate_thick",
-    "slice_source",
     "thick_mask",
     "to_canonical",
-    "verify_sharded_cache",
-    "volume_key",
+    "verify_cache",
     "window",
-    "write_cache",
+    "write_demo_dataset",
     "write_nifti",
     "z_bin_bounds",
     "z_bin_to_index",

@@ -9,3 +9,7 @@ class DataError(ValueError):
 
 class CacheError(DataError):
     """A slice cache that is missing, incomplete, or does not match its manifest."""
+
+
+class CacheWarning(UserWarning):
+    """A cache that builds but may train badly (e.g. a z-bin or class with no training item)."""

@@ -17,7 +17,7 @@ import zipfile
 from pathlib import Path
 
 from medgen.data.dicom import read_dicom
-from medgen.data.dicom_sources import MAX_MEMBER_BYTES
+from medgen.data.dicom.sources import MAX_MEMBER_BYTES
 from medgen.data.errors import DataError
 from medgen.data.nifti import NIFTI_SUFFIXES, read_nifti
 from medgen.data.volume import Volume

@@ -47,4 +47,5 @@ class Volume:
 
     @property
     def shape(self) -> tuple[int, int, int]:
+        """``array.shape`` as Python ints ``(z, y, x)``."""
         return tuple(int(s) for s in self.array.shape)

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from medgen.data.errors import DataError
-from medgen.data.thick_slices import simulate_thick, thick_mask, uint8_labels
+from medgen.data.slicing.thick import simulate_thick, thick_mask, uint8_labels
 from medgen.data.volume import Volume
 
 IMAGE_PAD = -1.0

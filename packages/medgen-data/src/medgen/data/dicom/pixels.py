@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataelem import RawDataElement
 
-from medgen.data.dicom_sources import Member
+from medgen.data.dicom.sources import Member
 from medgen.data.errors import DataError
 
 PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")

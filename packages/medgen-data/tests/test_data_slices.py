@@ -1,18 +1,8 @@
-import json
-
 import numpy as np
 import pytest
 
-from medgen.data import (
-    CacheError,
-    DataError,
-    Volume,
-    axial_slices,
-    build_or_load,
-    load_cache,
-    quantize_z,
-    write_cache,
-)
+from medgen.data import DataError, Volume, axial_slices, quantize_z
+from medgen.data.slicing.slices import center_pad_crop, resize_labels
 
 
 def synthetic_volume(depth=30, side=24):
@@ -51,41 +41,27 @@ def test_axial_slices_errors():
         axial_slices(img, (5, 24), 4, 16, mask_probability=bad)
 
 
-def test_cache_roundtrip_reuse_and_rebuild(tmp_path):
-    img, prob = synthetic_volume()
-    calls = []
-
-    def build():
-        calls.append(1)
-        return axial_slices(img, (5, 24), 4, 16, mask_probability=prob)
-
-    cfg = {"z_range": [5, 24], "n_bins": 4, "size": 16}
-    a, manifest, reused = build_or_load(tmp_path, cfg, 4, build)
-    assert not reused and len(calls) == 1
-    b, _, reused = build_or_load(tmp_path, cfg, 4, build)
-    assert reused and len(calls) == 1
-    np.testing.assert_array_equal(a.images, b.images)
-    assert manifest["counts_per_bin"] == [5, 5, 5, 5]
-    assert manifest["shapes"]["images"] == [20, 1, 16, 16]
-    _, _, reused = build_or_load(tmp_path, {**cfg, "size": 8}, 4, build)
-    assert not reused and len(calls) == 2
-    assert not list(tmp_path.glob(".*tmp*")), "temporary files left behind"
+@pytest.mark.parametrize("n,s", [(7, 4), (8, 4), (4, 7), (3, 8), (5, 5)])
+def test_center_pad_crop_matches_closed_form_offsets(n, s):
+    a = np.arange(2 * n * n, dtype=np.float32).reshape(2, n, n)
+    out, box = center_pad_crop(a, (s, s), -1.0)
+    assert out.shape == (2, s, s)
+    if n >= s:  # crop: start (n - s) // 2, the whole output is data
+        k = (n - s) // 2
+        np.testing.assert_array_equal(out, a[:, k : k + s, k : k + s])
+        assert box == [0, s, 0, s]
+    else:  # pad: data at (s - n) // 2, -1 elsewhere
+        k = (s - n) // 2
+        np.testing.assert_array_equal(out[:, k : k + n, k : k + n], a)
+        assert (out == -1).sum() == 2 * (s * s - n * n)
+        assert box == [k, k + n, k, k + n]
 
 
-def test_cache_without_manifest_is_incomplete(tmp_path):
-    img, _ = synthetic_volume()
-    write_cache(tmp_path, axial_slices(img, (0, 9), 2, 8), {"k": 1}, 2)
-    (tmp_path / "manifest.json").unlink()
-    with pytest.raises(CacheError, match="incomplete"):
-        load_cache(tmp_path)
-
-
-def test_cache_detects_tampering(tmp_path):
-    img, _ = synthetic_volume()
-    s = axial_slices(img, (0, 9), 2, 8)
-    write_cache(tmp_path, s, {"k": 1}, 2)
-    manifest = json.loads((tmp_path / "manifest.json").read_text())
-    manifest["array_sha256"]["images"] = "0" * 64
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(CacheError, match="hash mismatch for images"):
-        load_cache(tmp_path)
+def test_resize_labels_keeps_label_values_and_matches_index_formula():
+    rng = np.random.default_rng(0)
+    labels = rng.choice(np.array([0, 1, 3, 250], dtype=np.uint8), size=(2, 12, 12))
+    out = resize_labels(labels, 8)
+    assert out.dtype == np.uint8 and set(np.unique(out)) <= {0, 1, 3, 250}
+    # nearest-exact: output pixel i takes input floor((i + 0.5) * 12 / 8)
+    src = np.floor((np.arange(8) + 0.5) * 12 / 8).astype(int)
+    np.testing.assert_array_equal(out, labels[:, src][:, :, src])

@@ -85,6 +85,8 @@ def _dicomdir_members(path: Path) -> list[Member]:
 
 @contextmanager
 def open_members(path: Path, max_member_bytes: int) -> Iterator[list[Member]]:
+    """The candidate DICOM members of ``path`` (directory files, ZIP members read in memory,
+    DICOMDIR references, or the file itself), as a context manager."""
     if not path.exists():
         raise DataError(f"{path}: no such file or directory")
     if path.is_dir():

@@ -1,6 +1,6 @@
 """DICOM reading: a directory, DICOMDIR, ZIP archive or single file -> a :class:`Volume`.
 
-Design choices (see also :mod:`medgen.data.dicom_geometry` for the tolerances):
+Design choices (see also :mod:`medgen.data.dicom.geometry` for the tolerances):
 
 - Files are grouped by SeriesInstanceUID. Files that are not DICOM (READMEs, viewers, ...)
   are ignored, counted by :func:`list_series` and named in a warning by :func:`read_dicom`;
@@ -9,7 +9,7 @@ Design choices (see also :mod:`medgen.data.dicom_geometry` for the tolerances):
   may be a slice of the series, and dropping it silently would make a gap.
 - Geometry problems (duplicate positions, gaps, non-uniform spacing, tilt, mixed
   orientations or sizes) are errors naming the series; ``on_irregular="resample"`` resamples
-  gaps and non-uniform spacing onto uniform spacing instead (:mod:`.dicom_regrid`).
+  gaps and non-uniform spacing onto uniform spacing instead (:mod:`.regrid`).
 - Slices are ordered by ImagePositionPatient projected on the slice normal (row x col of
   ImageOrientationPatient), ascending, never by InstanceNumber. The slice spacing comes from
   the positions, never from SliceThickness.
@@ -42,11 +42,11 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from medgen.data.dicom_geometry import GeometryError, stack_geometry
-from medgen.data.dicom_multiframe import read_multiframe
-from medgen.data.dicom_pixels import PIXEL_TAGS, decode, n_frames, rescale
-from medgen.data.dicom_regrid import regrid_slices
-from medgen.data.dicom_sources import (
+from medgen.data.dicom.geometry import GeometryError, stack_geometry
+from medgen.data.dicom.multiframe import read_multiframe
+from medgen.data.dicom.pixels import PIXEL_TAGS, decode, n_frames, rescale
+from medgen.data.dicom.regrid import regrid_slices
+from medgen.data.dicom.sources import (
     DICOMDIR_SOP_CLASS,
     MAX_MEMBER_BYTES,
     Member,
@@ -358,7 +358,7 @@ def read_dicom(
     series, geometry errors, missing or undecodable pixel data).
     ``on_irregular``: ``"error"`` (default) or ``"resample"``: a gap or non-uniform slice
     spacing is then resampled onto uniform spacing by linear interpolation along the slice
-    normal, with a warning naming the series (:mod:`medgen.data.dicom_regrid`). Files that are
+    normal, with a warning naming the series (:mod:`medgen.data.dicom.regrid`). Files that are
     not image DICOM are ignored with a warning naming them.
     """
     if on_irregular not in ("error", "resample"):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from medgen.data import DataError, Volume
-from medgen.data.thick_slices import (
+from medgen.data.slicing.thick import (
     nearest_indices,
     simulate_thick,
     slab_centres,

@@ -23,7 +23,7 @@ With ``allow_irregular=True`` a gap or non-uniform spacing is not an error: the 
 describes a uniform grid from the first to the last slice whose step is the smallest step
 between input slices, shortened so that both end slices are kept (``length / ceil(length /
 smallest - 0.05)``), and ``irregular`` says what was wrong;
-:mod:`medgen.data.dicom_regrid` interpolates the slices onto it. Duplicate positions, tilt and
+:mod:`medgen.data.dicom.regrid` interpolates the slices onto it. Duplicate positions, tilt and
 mixed orientations stay errors: no interpolation along the normal repairs them.
 """
 

@@ -3,7 +3,7 @@
 Used by ``read_dicom(..., on_irregular="resample")``. The slices are already sorted along the
 slice normal; ``along`` holds their offsets (mm) from the first one. The output grid runs from
 the first to the last slice with ``spacing`` (chosen by
-:func:`medgen.data.dicom_geometry.stack_geometry`), and each output slice is the linear
+:func:`medgen.data.dicom.geometry.stack_geometry`), and each output slice is the linear
 interpolation, along the normal, of the two input slices around it. Output slices that fall on
 an input slice (within 1e-6 mm) are copied exactly. In-plane geometry is unchanged.
 """

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from medgen.data.errors import DataError
+from medgen.data.slicing.zbin import class_token, quantize_z
 from medgen.data.volume import Volume
-from medgen.data.zbin import class_token, quantize_z
 
 
 @dataclass
@@ -36,18 +36,20 @@ class SliceSet:
         return int(self.images.shape[0])
 
     def counts_per_bin(self, n_bins: int) -> list[int]:
+        """Number of slices in each of the ``n_bins`` z-bins."""
         return np.bincount(self.z_bin, minlength=n_bins).astype(int).tolist()
 
     @classmethod
     def concatenate(cls, parts: list[SliceSet]) -> SliceSet:
+        """One SliceSet holding the slices of ``parts`` in order."""
         if not parts:
             raise ValueError("no slice sets to concatenate")
         return cls(**{k: np.concatenate([getattr(p, k) for p in parts]) for k in cls.ARRAYS})
 
 
 def foreground_box(array: np.ndarray, threshold: float) -> tuple[slice, slice]:
-    """Bounding box (rows, cols) of ``array > threshold`` over all slices of a (z, y, x) stack."""
-    fg = (array > threshold).any(axis=0)
+    """Bounding box (rows, cols) of ``array > threshold`` over all slices of a (..., y, x) stack."""
+    fg = (array > threshold).reshape(-1, *array.shape[-2:]).any(axis=0)
     rows, cols = np.flatnonzero(fg.any(axis=1)), np.flatnonzero(fg.any(axis=0))
     if rows.size == 0:
         raise DataError("no foreground voxel above the threshold: cannot crop")
@@ -69,6 +71,38 @@ def resize_stack(stack: np.ndarray, size: int) -> np.ndarray:
     t = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))[:, None]
     out = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return out[:, 0].numpy()
+
+
+def resize_labels(stack: np.ndarray, size: int) -> np.ndarray:
+    """Resize a (N, H, W) integer label stack to (N, size, size) by nearest neighbour
+    (``nearest-exact``: pixel centres, no shift), keeping the dtype and every value."""
+    t = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))[:, None]
+    out = F.interpolate(t, size=(size, size), mode="nearest-exact")
+    return out[:, 0].numpy().astype(stack.dtype)
+
+
+def center_pad_crop(array: np.ndarray, shape, value: float) -> tuple[np.ndarray, list[int]]:
+    """Centre-pad (with ``value``) or centre-crop the trailing ``len(shape)`` dims to ``shape``.
+
+    Returns the new array and the box ``[start0, stop0, start1, stop1, ...)`` of the input's
+    data inside it (per dim: where padded, the original extent; where cropped, all of it).
+    """
+    lead = array.shape[: array.ndim - len(shape)]
+    out = np.full((*lead, *shape), value, dtype=array.dtype)
+    src, dst, box = [slice(None)] * len(lead), [slice(None)] * len(lead), []
+    for n, s in zip(array.shape[len(lead) :], shape, strict=True):
+        if n >= s:  # crop
+            start = (n - s) // 2
+            src.append(slice(start, start + s))
+            dst.append(slice(0, s))
+            box += [0, s]
+        else:  # pad
+            start = (s - n) // 2
+            src.append(slice(0, n))
+            dst.append(slice(start, start + n))
+            box += [start, start + n]
+    out[tuple(dst)] = array[tuple(src)]
+    return out, box
 
 
 def axial_slices(

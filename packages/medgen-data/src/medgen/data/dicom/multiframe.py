@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from medgen.data.dicom_geometry import GeometryError, stack_geometry
-from medgen.data.dicom_pixels import decode, n_frames, rescale
-from medgen.data.dicom_sources import Member
+from medgen.data.dicom.geometry import GeometryError, stack_geometry
+from medgen.data.dicom.pixels import decode, n_frames, rescale
+from medgen.data.dicom.sources import Member
 from medgen.data.errors import DataError
 
 

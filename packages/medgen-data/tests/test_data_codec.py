@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from medgen.data import DataError
-from medgen.data.mask_codec import bits_per_value, decode_mask, encode_mask
+from medgen.data.slicing.codec import bits_per_value, decode_mask, encode_mask
 
 SEED_SHAPES = [(32, 8, 8), (128, 4, 4), (512, 2, 2)]  # seed 003: DC-AE f32 / f64 / f128
 INT_SHAPES = [(16, 16, 16), (32, 16, 16), (3, 31, 31), (4096,)]
