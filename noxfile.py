@@ -153,9 +153,12 @@ def bench(session: nox.Session) -> None:
     """Benchmarks, each against its peers measured in the same run; JSON + Markdown written
     to bench/results/<timestamp>_<name>.*: kernels (medgen-cuda vs PyWavelets, ptwt, WDM-style
     slicing, diffusers, MONAI), DICOM series reading (vs SimpleITK, pydicom), cache building,
-    and the training engine's step vs a bare loop. Extra arguments go to bench_cuda.py."""
+    the training engine's step vs a bare loop, training-data loading (LoaderBatches vs MONAI's
+    PersistentDataset, and the quickstart step fed from memory vs by the loader), and DDP on
+    2 gloo ranks vs the hand-written all-reduce it replaced. Run it on an otherwise idle
+    machine. Extra arguments go to bench_cuda.py."""
     install_torch(session)
-    install_medgen(session, "cuda", "data", "models", "train")
+    install_medgen(session, "cuda", "data", "models", "train")  # brings MONAI and nilearn
     session.install("-c", CONSTRAINTS, "PyWavelets", "ptwt", "diffusers>=0.30")
     out = str(ROOT / "bench" / "results")
     bench = ROOT / "benchmarks"
@@ -163,3 +166,5 @@ def bench(session: nox.Session) -> None:
     session.run("python", str(bench / "bench_data.py"), "--out", out)
     session.run("python", str(bench / "bench_cache.py"), "--out", out)
     session.run("python", str(bench / "bench_engine.py"), "--out", out)
+    session.run("python", str(bench / "bench_loader.py"), "--out", out)
+    session.run("python", str(bench / "bench_ddp.py"), "--out", out)

@@ -43,6 +43,21 @@ def base_meta() -> dict:
     }
 
 
+def load_at_start() -> float:
+    """The 1-minute load average before a benchmark starts (its own work not yet in it); warns
+    on stderr when other jobs already keep half the CPUs busy, since timings then measure the
+    contention (OpenMP threads spin-waiting on descheduled peers) more than the code."""
+    load = round(os.getloadavg()[0], 2)
+    cpus = os.cpu_count() or 1
+    if load > 0.5 * cpus:
+        print(
+            f"warning: load average {load} on {cpus} cpus before the benchmark: other jobs "
+            "are running, timings will be unreliable",
+            file=sys.stderr,
+        )
+    return load
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)

@@ -65,7 +65,7 @@ def test_each_package_has_its_own_metadata(package):
     root = ROOT / "packages" / f"medgen-{package}"
     meta = tomllib.loads((root / "pyproject.toml").read_text())
     assert meta["project"]["name"] == f"medgen-{package}"
-    assert meta["project"]["version"] == "0.1.0"
+    assert meta["project"]["version"] == f"0.{2 if package != 'cuda' else 1}.0"
     assert (root / "README.md").stat().st_size > 500
     deps = " ".join(meta["project"].get("dependencies", []))
     for other in {"cuda", "data", "models", "train"} - ALLOWED[package] - {package}:

@@ -198,3 +198,36 @@ def test_empty_split_and_bad_dataset_arguments(tmp_path, subjects_csv):
     assert len(CacheDataset(tmp_path / "c", ("train", "test"))) == len(
         CacheDataset(tmp_path / "c", None)
     )
+
+
+def test_a_second_builder_of_the_same_cache_is_refused(tmp_path):
+    """Two builders would interleave shards and manifests: the second is refused, naming
+    the first's pid, and the first's build is unaffected."""
+    import multiprocessing
+    import os
+
+    from medgen.data.cache.atomic import exclusive
+
+    out = tmp_path / "cache"
+    ctx = multiprocessing.get_context("fork")
+    ready, release = ctx.Event(), ctx.Event()
+
+    def hold():
+        with exclusive(out):
+            ready.set()
+            release.wait(30)
+
+    proc = ctx.Process(target=hold)
+    proc.start()
+    try:
+        assert ready.wait(30)
+        recipe = CacheRecipe(out=str(out), sources=("mni152",), size=16, n_bins=2,
+                             z_range=(60, 70))  # fmt: skip
+        with pytest.raises(CacheError, match=rf"another process \(pid {proc.pid}\) is building"):
+            build_cache(recipe, quiet=True)
+        assert not (out / "shards").exists()
+    finally:
+        release.set()
+        proc.join(30)
+    assert os.path.exists(out / ".lock")
+    build_cache(recipe, quiet=True)  # free once the first is gone

@@ -1,11 +1,13 @@
 """A tiny training run through the engine, for tests that need a real process to kill.
 
     python engine_worker.py RUN_DIR --steps 16 [--checkpoint-every 8] [--stall-at 8]
-        [--slow 0.05] [--started FILE] [--nan-from K] [--max-skips 3]
+        [--slow 0.05] [--started FILE] [--nan-from K] [--max-skips 3] [--loader N]
 
 An MLP with dropout (global torch RNG) on a fixed regression set; the task adds noise from
 its own generator (saved in checkpoints), so exact resume needs every RNG and the data
-position restored. Exits with REQUEUE_EXIT_CODE when pre-empted by a signal.
+position restored. ``--loader N`` streams batches from a DataLoader with N workers over a
+dataset that adds per-item noise from the sampler's item seeds (as random crops do).
+Exits with the Preempted exit code when stopped by a signal.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
-from medgen.train.batches import ShardedBatches
-from medgen.train.engine import fit
-from medgen.train.preemption import Preempted
-from medgen.train.settings import EngineSettings
+from medgen.data import ResumableBatchSampler
+from medgen.train.engine import LoaderBatches, ShardedBatches, TrainingSetup, fit
+from medgen.train.engine.preemption import Preempted
+from medgen.train.engine.settings import EngineSettings
 
 
 class NoisyRegression:
@@ -50,6 +53,21 @@ class NoisyRegression:
         self.generator.set_state(state["generator"])
 
 
+class ItemNoise(torch.utils.data.Dataset):
+    """(x + noise from the item seed, y): a random augmentation that must resume exactly."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, key):
+        i, seed = key
+        noise = np.random.default_rng(seed).normal(size=self.x.shape[1]).astype(np.float32)
+        return self.x[i] + 0.05 * torch.from_numpy(noise), self.y[i]
+
+
 def make_model(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(6, 32), nn.Tanh(), nn.Dropout(0.2), nn.Linear(32, 2))
@@ -71,6 +89,7 @@ def main(argv=None) -> int:
     ap.add_argument("--started", default="")
     ap.add_argument("--nan-from", type=int, default=-1)
     ap.add_argument("--max-skips", type=int, default=3)
+    ap.add_argument("--loader", type=int, default=-1, help="DataLoader workers (-1: in memory)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     settings = EngineSettings(
@@ -88,9 +107,14 @@ def main(argv=None) -> int:
         deterministic=True,
     )
     task = NoisyRegression(0, args.stall_at, args.slow, args.started, args.nan_from)
-    batches = ShardedBatches(make_data(), settings.batch_size, seed=7)
+    if args.loader >= 0:
+        sampler = ResumableBatchSampler(40, settings.batch_size, seed=7)
+        batches = LoaderBatches(ItemNoise(*make_data()), sampler, num_workers=args.loader)
+    else:
+        batches = ShardedBatches(make_data(), settings.batch_size, seed=7)
+    setup = TrainingSetup.single(make_model(), task.loss, state=task)
     try:
-        fit(task, make_model(), batches, settings, args.run_dir, quiet=True)
+        fit(setup, batches, settings, args.run_dir, quiet=True)
     except Preempted as exc:
         print(exc, file=sys.stderr)
         return exc.exit_code

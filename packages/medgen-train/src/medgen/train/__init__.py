@@ -1,15 +1,20 @@
-"""medgen.train: the training engine, trainers, EMA, checkpoints, metrics and the CLI."""
+"""medgen.train: the training engine, tasks, evaluation, reports and the ``medgen-train`` CLI."""
 
-from medgen.train.checkpoint import load_checkpoint, save_checkpoint
-from medgen.train.ema import EMA
-from medgen.train.engine import FitResult, fit
-from medgen.train.errors import CheckpointError, ConfigError, MedGenError
-from medgen.train.nan_guard import NonFiniteError
-from medgen.train.preemption import REQUEUE_EXIT_CODE, Preempted
-from medgen.train.settings import EngineSettings
-from medgen.train.task import BatchSource, Task
+from medgen.train.engine import (
+    EMA,
+    REQUEUE_EXIT_CODE,
+    BatchSource,
+    EngineSettings,
+    FitResult,
+    NonFiniteError,
+    Objective,
+    Preempted,
+    TrainingSetup,
+    fit,
+)
+from medgen.train.errors import CheckpointError, ConfigError, MedGenError, RunDirError
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "EMA",
@@ -21,9 +26,9 @@ __all__ = [
     "FitResult",
     "MedGenError",
     "NonFiniteError",
+    "Objective",
     "Preempted",
-    "Task",
+    "RunDirError",
+    "TrainingSetup",
     "fit",
-    "load_checkpoint",
-    "save_checkpoint",
 ]

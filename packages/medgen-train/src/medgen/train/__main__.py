@@ -1,3 +1,5 @@
+"""``python -m medgen.train``: the ``medgen-train`` command line."""
+
 import sys
 
 from medgen.train.cli import main

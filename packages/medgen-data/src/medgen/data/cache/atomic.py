@@ -7,6 +7,9 @@ the new one, or a ``.tmp`` leftover that no reader trusts.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -80,3 +83,31 @@ def atomic_write_bytes(
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def exclusive(directory: Path):
+    """Hold ``directory/.lock`` exclusively (``fcntl.flock``; the kernel releases it when the
+    process dies): a second builder of the same cache is refused instead of interleaving
+    shards. The lock file records only the holder's pid."""
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = directory / ".lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise
+        holder = lock.read_text().strip() or "?"
+        raise CacheError(
+            f"{directory}: another process (pid {holder}) is building this cache; wait for it "
+            "to finish"
+        ) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

@@ -20,7 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from medgen.data.cache.arrays import BUILDERS
-from medgen.data.cache.atomic import config_hash
+from medgen.data.cache.atomic import config_hash, exclusive
 from medgen.data.cache.load import load_subject
 from medgen.data.cache.recipe import LOCATION_FIELDS, CacheRecipe
 from medgen.data.cache.shards import (
@@ -158,6 +158,12 @@ def build_cache(recipe: CacheRecipe, quiet: bool = False) -> BuildReport:
     ]
     names = [shard_name(k) for k in keys]
     directory = Path(recipe.out)
+    with exclusive(directory):
+        return _build_locked(recipe, directory, subjects, modalities, hashes, names,
+                             processing_hash, quiet)  # fmt: skip
+
+
+def _build_locked(recipe, directory, subjects, modalities, hashes, names, processing_hash, quiet):
     report = BuildReport(directory)
     shard_dir = _prepare_directory(directory, names, report)
     sidecars, todo = {}, []

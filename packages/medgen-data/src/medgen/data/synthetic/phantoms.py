@@ -137,13 +137,18 @@ def write_demo_dataset(
     n_subjects: int = 6,
     *,
     spacing_mm: float = 2.0,
-    dicom_subjects: int = 2,
+    dicom_subjects: int | None = None,
     lesion_fraction: float = 0.5,
     seed: int = 0,
 ) -> Path:
-    """Write the demo data set (module docstring) into ``out_dir``; return its subjects.csv."""
+    """Write the demo data set (module docstring) into ``out_dir``; return its subjects.csv.
+
+    ``dicom_subjects`` (default: 2, or every subject when there are fewer) are written as
+    DICOM series, the others as NIfTI."""
     if int(n_subjects) != n_subjects or n_subjects < 1:
         raise DataError(f"n_subjects: expected an integer >= 1, got {n_subjects!r}")
+    if dicom_subjects is None:
+        dicom_subjects = min(2, n_subjects)
     if not 0 <= dicom_subjects <= n_subjects:
         raise DataError(f"dicom_subjects: expected 0..{n_subjects}, got {dicom_subjects!r}")
     if not 0.0 <= lesion_fraction <= 1.0:

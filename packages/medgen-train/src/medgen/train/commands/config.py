@@ -1,0 +1,37 @@
+"""``medgen-train config [NAME|PATH] [key=value ...]``: print a resolved config.
+
+With a bundled name or a file, prints the config after the overrides, with every default
+filled in and every value checked, exactly as ``fit`` would use it; ``--list`` names the
+bundled run configs and cache recipes.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from medgen.train.config.fit import bundled_names, load_fit_config
+from medgen.train.config.schema import to_yaml
+from medgen.train.tasks.data import RECIPES
+
+
+def _command(args: argparse.Namespace) -> int:
+    if args.list or args.config is None:
+        print("run configs:   " + ", ".join(bundled_names()))
+        print("cache recipes: " + ", ".join(sorted(p.stem for p in RECIPES.glob("*.yaml"))))
+        return 0
+    print(to_yaml(load_fit_config(args.config, args.overrides)), end="")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add ``config`` to the CLI."""
+    p = subparsers.add_parser(
+        "config",
+        help="print a run config resolved with its defaults and overrides; --list the bundled",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("config", nargs="?", help="YAML run config, or a bundled config name")
+    p.add_argument("overrides", nargs="*", help="overrides section.key=value")
+    p.add_argument("--list", action="store_true", help="list the bundled configs and recipes")
+    p.set_defaults(func=_command, takes_overrides=True)

@@ -1,0 +1,218 @@
+"""``medgen-train fit CONFIG [key=value ...]``: train a registered task on a cache.
+
+CONFIG is a YAML file or a bundled config name (``medgen-train config --list``). The whole
+config is validated first; then the run directory is claimed (locked; a directory of another
+kind, or a second writer, is refused), a recipe's cache is built or reused, the data are
+checked against the config (channels, classes, batch size), and only then is anything
+written to the run directory. A directory holding a checkpoint that verifies is resumed,
+provided its data, model and task config are the ones given now (``--fresh`` moves it aside
+and starts again). Under ``torchrun`` every rank trains on its shard and rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from medgen.data import build_cache, read_manifest
+from medgen.train import checkpoint
+from medgen.train.config.fit import FitConfig, load_fit_config
+from medgen.train.config.schema import differences, read_yaml, to_dict, to_yaml
+from medgen.train.engine import distributed
+from medgen.train.engine.loop import FitResult, fit
+from medgen.train.engine.preemption import StopFlag
+from medgen.train.errors import ConfigError
+from medgen.train.rundir import RunDir
+from medgen.train.tasks import TASKS, BuildContext
+from medgen.train.tasks.data import (
+    DataDescription,
+    check_classes,
+    describe,
+    make_batches,
+    open_split,
+)
+
+KIND = "fit"
+# data keys that change how batches are loaded, not what is learned: free to change on resume
+LOADER_KEYS = ("num_workers", "prefetch_factor", "persistent_workers", "pin_memory", "verify")
+
+
+def _learned(config: dict) -> dict:
+    data = {k: v for k, v in config.get("data", {}).items() if k not in LOADER_KEYS}
+    if isinstance(data.get("recipe"), dict):
+        data["recipe"] = {k: v for k, v in data["recipe"].items() if k != "out"}
+    return {"data": data, "model": config.get("model"), "task": config.get("task")}
+
+
+def check_resume(run_dir: Path, cfg: FitConfig, say) -> None:
+    """Refuse to resume a run trained with another data, model or task config; note changed
+    training keys."""
+    if not checkpoint.step_dirs(run_dir) or not (run_dir / "config.yaml").is_file():
+        return
+    old = read_yaml(run_dir / "config.yaml")
+    new = to_dict(cfg)
+    changed = differences(_learned(old), _learned(new))
+    if changed:
+        shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changed[:4])
+        more = f" (and {len(changed) - 4} more)" if len(changed) > 4 else ""
+        raise ConfigError(
+            f"{run_dir}: was trained with another config: {shown}{more}; use --fresh to move "
+            "the old run aside, or another --out"
+        )
+    training = differences(old.get("training", {}), new["training"], "training.")
+    if training:
+        say(
+            "fit: resuming with changed " + ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in training)
+        )
+
+
+def _data(cfg: FitConfig, ctx, quiet: bool, say):
+    """Build the recipe's cache (rank 0), then open and describe the splits."""
+    cache = cfg.data.cache_dir()
+    if cfg.data.recipe is not None:
+        if ctx.is_main:
+            report = build_cache(cfg.data.recipe, quiet=quiet)
+            say(f"cache {cache}: {len(report.built)} shards built, {len(report.reused)} reused")
+        distributed.barrier(ctx)
+    if not cache.is_dir():
+        raise ConfigError(f"data.cache: {cache} does not exist; build it with medgen-train cache")
+    manifest = read_manifest(cache)
+    description = describe(manifest, cfg.data, cache)
+    train = open_split(cache, cfg.data.train_split, cfg.data, "data.train_split")
+    check_classes(description, cfg.data.train_split)
+    evaluation = None
+    if cfg.data.eval_split:
+        evaluation = open_split(cache, cfg.data.eval_split, cfg.data, "data.eval_split")
+    return description, train, evaluation
+
+
+def _check_data_unchanged(run_dir: Path, description: DataDescription) -> None:
+    if not checkpoint.step_dirs(run_dir) or not (run_dir / "data.json").is_file():
+        return
+    old = DataDescription.from_json((run_dir / "data.json").read_text())
+    if old.fingerprint != description.fingerprint:
+        raise ConfigError(
+            f"{run_dir}: the cache {description.cache} no longer holds the data this run was "
+            "trained on (its shards or recipe changed); use --fresh or another --out"
+        )
+
+
+def run_fit(
+    cfg: FitConfig,
+    out: str | Path | None = None,
+    *,
+    fresh: bool = False,
+    quiet: bool = False,
+    stop: StopFlag | None = None,
+    say=print,
+) -> FitResult:
+    """Train as configured; raises ``Preempted`` (requeue / Ctrl-C) or ``NonFiniteError``."""
+    run_dir = Path(out or cfg.run.dir)
+    cfg = replace(cfg, run=replace(cfg.run, dir=str(run_dir)))
+    device = cfg.run.torch_device()
+    with StopFlag() if stop is None else contextlib.nullcontext(stop) as flag:
+        # handlers first: a signal while joining the process group or loading data counts
+        return _run_fit(cfg, run_dir, device, flag, fresh, quiet, say)
+
+
+def _run_fit(cfg, run_dir, device, flag, fresh, quiet, say) -> FitResult:
+    ctx = distributed.setup(device)
+    say = say if ctx.is_main and not quiet else (lambda *_: None)
+    run = RunDir(run_dir, KIND)
+    failed = True
+    try:
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
+        if ctx.enabled and device.type == "cuda":
+            device = torch.device("cuda", ctx.local_rank)
+        if ctx.is_main:
+            if fresh and run_dir.exists():
+                say(f"fit: --fresh: moving {run_dir} aside")
+            run.claim(fresh)
+            if run.moved_aside is not None:
+                say(f"fit: the old run is now {run.moved_aside}")
+            check_resume(run_dir, cfg, say)
+        description, train, evaluation = _data(cfg, ctx, quiet, say)
+        if ctx.is_main:
+            _check_data_unchanged(run_dir, description)
+        torch.manual_seed(cfg.training.seed)
+        spec = TASKS[cfg.task.kind]
+        context = BuildContext(cfg, description, train, evaluation, device, ctx)
+        setup, _ = spec.build(context)
+        batches = make_batches(
+            train, cfg.data, cfg.training.batch_size, cfg.training.seed, ctx,
+            device.type == "cuda",
+        )  # fmt: skip
+        if ctx.is_main:
+            run.mark()
+            _atomic_text(run_dir / "config.yaml", to_yaml(cfg))
+            _atomic_text(run_dir / "data.json", description.to_json().decode())
+            n_params = sum(
+                p.numel() for n in setup.trained() for p in setup.modules[n].parameters()
+            )
+            say(
+                f"fit: {cfg.task.kind} on {len(train)} items of {description.cache} "
+                f"({description.kind}, {', '.join(description.channels)}"
+                f"{' + mask' if description.has_mask else ''}, shape {description.shape}); "
+                f"{cfg.model.kind} with {n_params / 1e6:.2f} M parameters on {device}"
+            )
+        result = fit(
+            setup,
+            batches,
+            cfg.training,
+            run_dir,
+            config=to_dict(cfg),
+            files={"data.json": description.to_json()},
+            dist_ctx=ctx,
+            stop=flag,
+            quiet=quiet,
+        )
+        failed = False
+        for note in result.notes:
+            say(f"fit: {note}")
+        return result
+    finally:
+        if ctx.is_main:
+            run.release(failed=failed)
+        distributed.teardown()
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _command(args: argparse.Namespace) -> int:
+    cfg = load_fit_config(args.config, args.overrides)
+    result = run_fit(cfg, args.out, fresh=args.fresh, quiet=args.quiet)
+    if not args.quiet and os.environ.get("RANK", "0") == "0":
+        last = result.rows[-1] if result.rows else {}
+        loss = next((v for k, v in last.items() if k.startswith("loss")), float("nan"))
+        print(
+            f"fit: step {result.step} (resumed from {result.resumed_from}), loss {loss:.4f}, "
+            f"{result.skipped_updates} skipped updates; checkpoint {result.checkpoint}",
+            flush=True,
+        )
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add ``fit`` to the CLI."""
+    p = subparsers.add_parser(
+        "fit",
+        help="train from a run config (resumes its run directory)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("config", help="YAML run config, or a bundled config name")
+    p.add_argument("overrides", nargs="*", help="overrides section.key=value")
+    p.add_argument("--out", help="run directory (default: run.dir of the config)")
+    p.add_argument("--fresh", action="store_true", help="move an existing run aside first")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+    p.set_defaults(func=_command, takes_overrides=True)

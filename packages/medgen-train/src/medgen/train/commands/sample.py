@@ -1,0 +1,331 @@
+"""``medgen-train sample RUN_DIR``: generate samples from a trained run.
+
+The model is rebuilt from the checkpoint's own config and ``data.json`` (no cache needed),
+with its EMA weights unless ``--no-ema``. By default every z-bin x class (x mode) of the
+training data gets ``sample.per_token`` samples; ``--n``, ``--bins``, ``--classes`` and
+``--modes`` narrow or change that, and a model conditioned on priors takes them from
+``--priors-from CACHE[:split]``. Every sampler step is checked for finiteness: a NaN or inf
+stops with the step and timestep named, and nothing is written. Output (default
+``RUN_DIR/samples/<checkpoint>-<sampler><steps>-seed<seed>``): ``samples.npz`` (all arrays),
+one NIfTI per sample and channel with the cache's spacing, ``grid.png``, and
+``manifest.json`` (settings, checkpoint, file hashes) written last. Sampling again with the
+same settings into a complete directory reuses it; other settings there need ``--fresh``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from medgen.data import CacheDataset, Volume, read_nifti, write_nifti
+from medgen.train.checkpoint.store import EMA_FILE, MODEL_FILE, load_weights
+from medgen.train.errors import ConfigError, RunDirError
+from medgen.train.evaluation.figures import sample_grid
+from medgen.train.progress import bars_disabled
+from medgen.train.rundir import RunDir, Staging, check_target
+from medgen.train.runs import TrainedRun
+from medgen.train.tasks import TASKS
+from medgen.train.tasks.diffusion.sampling import SamplerSettings
+
+KIND = "samples"
+MANIFEST = "manifest.json"
+
+
+def _ints(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def parse_reference(text: str, default_split: str) -> tuple[Path, str]:
+    """``CACHE[:split]`` -> (cache directory, split)."""
+    path, sep, split = text.rpartition(":")
+    if not sep or "/" in split or not split:
+        return Path(text), default_split
+    return Path(path), split
+
+
+def _priors(generator, reference: str | None, plan, description) -> None:
+    layout = generator.model.layout
+    if not layout.priors:
+        if reference:
+            raise ConfigError("--priors-from: this run is not conditioned on priors")
+        return
+    if not reference:
+        raise ConfigError(
+            f"--priors-from: the model is conditioned on {list(layout.priors)}; name a cache "
+            "(CACHE[:split]) to take them from"
+        )
+    cache, split = parse_reference(reference, "val")
+    ds = CacheDataset(cache, split, modality_as="mode" if description.n_modes else "channels")
+    tokens = {}
+    for i in range(len(ds)):
+        item = ds[i]
+        tokens.setdefault(int(item["token"]), []).append(i)
+    priors = []
+    for k, token in enumerate(plan.token):
+        members = tokens.get(int(token))
+        if not members:
+            raise ConfigError(
+                f"--priors-from: {cache}:{split} has no item with token {int(token)} "
+                f"(z-bin {int(plan.z_bin[k])}, class {int(plan.class_id[k])})"
+            )
+        item = ds[members[k % len(members)]]
+        batch = {key: v[None] for key, v in item.items() if isinstance(v, torch.Tensor)}
+        priors.append(torch.cat(layout.prior_tensors(batch), dim=1)[0])
+    plan.priors = priors
+
+
+def _write_nifti(stage: Staging, name: str, array: np.ndarray, spacing) -> None:
+    volume = Volume(
+        np.ascontiguousarray(array[None] if array.ndim == 2 else array, dtype=np.float32),
+        tuple(float(s) for s in spacing),
+        (0.0, 0.0, 0.0),
+        np.eye(3),
+    )
+    path = write_nifti(volume, stage.path(name))
+    back = read_nifti(path)  # verified before it is moved into place
+    if back.shape != volume.shape or not np.array_equal(back.array, volume.array):
+        raise RunDirError(f"{path}: read back differently from what was written")
+
+
+def _outputs(stage: Staging, samples: np.ndarray, plan, generator, nifti: bool) -> dict:
+    """Write samples.npz, NIfTI files and grid.png into the staging directory."""
+    m = generator.model
+    d = m.description
+    names = list(m.layout.generate)
+    image_idx = [i for i, n in enumerate(names) if n != "mask"]
+    arrays = {
+        "images": samples[:, image_idx] if image_idx else np.zeros((len(samples), 0)),
+        "z_bin": plan.z_bin,
+        "class_id": plan.class_id,
+        "token": plan.token,
+    }
+    if "mask" in names:
+        arrays["masks"] = (samples[:, names.index("mask")] > 0).astype(np.uint8)
+    if plan.mode is not None:
+        arrays["mode"] = plan.mode
+    np.savez(stage.path("samples.npz"), **arrays)
+    with np.load(stage.path("samples.npz")) as back:  # verified: every array reads back
+        for key, value in arrays.items():
+            if not np.array_equal(back[key], value):
+                raise RunDirError(f"{stage.path('samples.npz')}: {key} read back differently")
+    if nifti:
+        for i in range(len(samples)):
+            stem = f"nifti/sample_{i:05d}_bin{int(plan.z_bin[i])}_class{int(plan.class_id[i])}"
+            for c, name in enumerate(names):
+                value = samples[i, c] if name != "mask" else arrays["masks"][i].astype(np.float32)
+                _write_nifti(stage, f"{stem}_{name}.nii.gz", value, d.spacing)
+    rows = []
+    for token in dict.fromkeys(plan.token.tolist()):
+        sel = np.flatnonzero(plan.token == token)[:6]
+        b, c = int(plan.z_bin[sel[0]]), int(plan.class_id[sel[0]])
+        rows.append(
+            {
+                "label": f"bin {b} class {c}" if d.kind == "slices" else f"class {c}",
+                "images": arrays["images"][sel, 0] if image_idx else samples[sel, 0],
+                "masks": arrays["masks"][sel] if "masks" in arrays else None,
+            }
+        )
+    sample_grid(stage.path("grid.png"), rows[:24])
+    return arrays
+
+
+def run_sample(
+    run_dir: str | Path,
+    *,
+    which: str = "latest",
+    out: str | Path | None = None,
+    n: int | None = None,
+    per_token: int | None = None,
+    bins: list[int] | None = None,
+    classes: list[int] | None = None,
+    modes: list[int] | None = None,
+    priors_from: str | None = None,
+    overrides: dict | None = None,
+    ema: bool | None = None,
+    nifti: bool = True,
+    device: str | None = None,
+    fresh: bool = False,
+    quiet: bool = False,
+    say=print,
+) -> Path:
+    """Sample ``run_dir``'s checkpoint ``which``; returns the samples directory."""
+    run = TrainedRun.open(run_dir, which)
+    cfg, d = run.config, run.description
+    s = cfg.sample
+    settings = SamplerSettings(
+        sampler=s.sampler,
+        steps=s.steps,
+        eta=s.eta,
+        spacing=s.spacing,
+        guidance=s.guidance,
+        clip_x0=getattr(cfg.task, "clip_x0", None),
+        batch_size=s.batch_size,
+        seed=s.seed,
+    )
+    settings = SamplerSettings(**{**asdict(settings), **(overrides or {})})
+    use_ema = s.ema if ema is None else ema
+    has_ema = (run.checkpoint / EMA_FILE).is_file()
+    if use_ema and not has_ema:
+        raise ConfigError(
+            f"{run.checkpoint}: no EMA weights (trained with ema_decay=0); use --no-ema"
+        )
+    spec = TASKS[cfg.task.kind]
+    if spec.generator is None:
+        raise ConfigError(f"task.kind {cfg.task.kind!r} does not generate samples")
+    dev = torch.device(device) if device else cfg.run.torch_device()
+    generator = spec.generator(cfg, d, dev)
+    load_weights(run.checkpoint, generator.modules(), EMA_FILE if use_ema else MODEL_FILE)
+    plan = generator.plan(n, per_token or s.per_token, bins, classes, modes)
+    _priors(generator, priors_from, plan, d)
+    sampler = settings.sampler
+    if sampler == "auto":
+        sampler = "ddim" if generator.model.strategy.kind == "ddpm" else "euler"
+    name = f"{run.checkpoint.name}-{sampler}{settings.steps}-seed{settings.seed}"
+    out = Path(out) if out is not None else Path(run_dir) / "samples" / name
+    request = {
+        "checkpoint": run.checkpoint.name,
+        "weights": "ema" if use_ema else "model",
+        "settings": asdict(settings) | {"sampler": sampler},
+        "plan": hashlib.sha256(
+            np.concatenate([plan.token, plan.mode if plan.mode is not None else []]).tobytes()
+        ).hexdigest(),
+        "priors_from": priors_from,
+        "nifti": nifti,
+    }
+    request_hash = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+    check_target(out, KIND)
+    previous = out / MANIFEST
+    if previous.is_file() and not fresh:
+        old = json.loads(previous.read_text())
+        if old.get("request_hash") == request_hash:
+            say(f"sample: {out} already holds these samples (same checkpoint and settings)")
+            return out
+        raise RunDirError(
+            f"{out}: holds samples of other settings or another checkpoint; use --fresh to "
+            "move them aside, or another --out"
+        )
+    with RunDir(out, KIND).claim(fresh) as claimed:
+        claimed.mark()
+        stage = Staging(out)
+        try:
+            t0 = time.perf_counter()
+            bar = tqdm(total=len(plan), desc="sample", unit="sample",
+                       disable=bars_disabled(quiet))  # fmt: skip
+            samples = generator.generate(plan, settings, on_batch=bar.update)
+            bar.close()
+            seconds = time.perf_counter() - t0
+            _outputs(stage, samples, plan, generator, nifti)
+            stage.commit(
+                MANIFEST,
+                {
+                    "kind": KIND,
+                    "run": str(Path(run_dir)),
+                    "step": run.step,
+                    **request,
+                    "request_hash": request_hash,
+                    "n": len(plan),
+                    "channels": list(generator.model.layout.generate),
+                    "data": {
+                        "kind": d.kind,
+                        "shape": d.shape,
+                        "spacing": d.spacing,
+                        "cache": d.cache,
+                        "train_split": cfg.data.train_split,
+                        "n_bins": d.n_bins,
+                        "n_classes": d.n_classes,
+                    },
+                    "seconds": seconds,
+                    "seconds_per_sample": seconds / max(1, len(plan)),
+                    "device": str(dev),
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                },
+            )
+        except BaseException:
+            stage.abandon()
+            raise
+    say(
+        f"sample: {len(plan)} samples in {seconds:.1f} s ({sampler}, {settings.steps} steps) -> {out}"
+    )
+    return out
+
+
+def _command(args: argparse.Namespace) -> int:
+    overrides = {
+        k: v
+        for k, v in {
+            "sampler": args.sampler,
+            "steps": args.steps,
+            "eta": args.eta,
+            "guidance": args.guidance,
+            "batch_size": args.batch_size,
+            "seed": args.seed,
+            "spacing": args.spacing,
+        }.items()
+        if v is not None
+    }
+    run_sample(
+        args.run_dir,
+        which=args.checkpoint,
+        out=args.out,
+        n=args.n,
+        per_token=args.per_token,
+        bins=_ints(args.bins),
+        classes=_ints(args.classes),
+        modes=_ints(args.modes),
+        priors_from=args.priors_from,
+        overrides=overrides,
+        ema=False if args.no_ema else None,
+        nifti=not args.no_nifti,
+        device=args.device,
+        fresh=args.fresh,
+        quiet=args.quiet,
+        say=(lambda *_: None) if args.quiet else print,
+    )
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add ``sample`` to the CLI."""
+    p = subparsers.add_parser(
+        "sample",
+        help="generate samples (NIfTI + PNG + npz) from a trained run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run_dir", help="a fit run directory")
+    p.add_argument("--checkpoint", default="latest", help="latest (default), best or step_N")
+    p.add_argument("--out", help="samples directory (default: RUN_DIR/samples/<name>)")
+    p.add_argument("--n", type=int, help="number of samples (cycling through the conditions)")
+    p.add_argument("--per-token", type=int, dest="per_token",
+                   help="samples per z-bin x class (default: sample.per_token)")  # fmt: skip
+    p.add_argument("--bins", help="z-bins to sample, e.g. 0,4,9 (default: all)")
+    p.add_argument("--classes", help="classes to sample, e.g. 1 (default: all)")
+    p.add_argument("--modes", help="modes (modalities) to sample (mode-embedding runs)")
+    p.add_argument("--priors-from", dest="priors_from",
+                   help="CACHE[:split] to take prior channels from")  # fmt: skip
+    p.add_argument("--sampler", choices=("auto", "ddim", "ddpm", "euler", "heun"))
+    p.add_argument("--steps", type=int)
+    p.add_argument("--eta", type=float, help="DDIM eta (0: deterministic)")
+    p.add_argument("--spacing", choices=("trailing", "leading", "linspace"))
+    p.add_argument("--guidance", type=float, help="classifier-free guidance weight")
+    p.add_argument("--batch-size", type=int, dest="batch_size")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: the run's)")
+    p.add_argument("--no-ema", action="store_true", help="use the raw training weights")
+    p.add_argument("--no-nifti", action="store_true", help="skip the per-sample NIfTI files")
+    p.add_argument("--fresh", action="store_true", help="move an existing samples dir aside")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+    p.set_defaults(func=_command)

@@ -1,0 +1,95 @@
+"""Which tensors a diffusion model generates and is given, by channel name.
+
+The data offer the cache's image channels (its modalities, or ``image`` when each item is one
+modality with a mode id) and, when the cache has masks, ``mask``: the lesion mask as a channel
+(label > 0 -> 1, else -1). ``image`` in ``generate`` / ``priors`` stands for every image
+channel. :class:`ChannelLayout` turns a batch into the generated tensor x0 (B, C, *spatial) in
+[-1, 1] and the prior tensors, and knows which channels of a space's latent hold which data
+channel (for per-channel losses).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from medgen.train.errors import ConfigError
+
+
+def _expand(names: tuple[str, ...], channels: list[str], has_mask: bool, key: str) -> list[str]:
+    available = list(channels) + (["mask"] if has_mask else [])
+    out: list[str] = []
+    for name in names:
+        if name == "image" and "image" not in channels:
+            out += list(channels)
+        elif name in available:
+            out.append(name)
+        else:
+            raise ConfigError(
+                f"task.{key}: channel {name!r} is not in the data; available: "
+                f"{', '.join(['image', *available]) if 'image' not in available else ', '.join(available)}"
+            )
+    if len(set(out)) != len(out):
+        raise ConfigError(f"task.{key}: {list(names)} names a channel twice")
+    return out
+
+
+@dataclass(frozen=True)
+class ChannelLayout:
+    """The generated and the prior channels, by name, and where each comes from."""
+
+    generate: tuple[str, ...]
+    priors: tuple[str, ...]
+    image_channels: tuple[str, ...]  # the data's image channel names, in order
+
+    @classmethod
+    def from_config(cls, generate, priors, channels: list[str], has_mask: bool) -> ChannelLayout:
+        """Expand ``image`` and check every name against the data."""
+        gen = _expand(tuple(generate), channels, has_mask, "generate")
+        pri = _expand(tuple(priors), channels, has_mask, "priors")
+        both = sorted(set(gen) & set(pri))
+        if both:
+            raise ConfigError(f"task.priors: {both} also generated")
+        return cls(tuple(gen), tuple(pri), tuple(channels))
+
+    def _take(self, batch: dict, names: tuple[str, ...]) -> torch.Tensor:
+        parts = []
+        for name in names:
+            if name == "mask":
+                parts.append((batch["mask"] > 0).float() * 2 - 1)
+            else:
+                i = self.image_channels.index(name)
+                parts.append(batch["image"][:, i : i + 1].float())
+        return torch.cat(parts, dim=1)
+
+    def x0(self, batch: dict) -> torch.Tensor:
+        """The generated channels of ``batch`` (B, C, *spatial) in [-1, 1]."""
+        return self._take(batch, self.generate)
+
+    def prior_tensors(self, batch: dict) -> list[torch.Tensor]:
+        """One (B, 1, *spatial) tensor per prior channel."""
+        return [self._take(batch, (name,)) for name in self.priors]
+
+    def prior_modes(self) -> list[str]:
+        """Resize mode per prior: nearest for masks, linear for images."""
+        return ["nearest" if n == "mask" else "linear" for n in self.priors]
+
+    def image_indices(self) -> list[int]:
+        """Positions of image channels among the generated (all of them if none is)."""
+        idx = [i for i, n in enumerate(self.generate) if n != "mask"]
+        return idx or list(range(len(self.generate)))
+
+    def latent_groups(self, space_kind: str, spatial_dims: int, factor: int = 2) -> dict:
+        """Generated channel name -> indices of the latent channels that hold it."""
+        c = len(self.generate)
+        k = (2 if space_kind == "wavelet" else factor) ** spatial_dims
+        groups = {}
+        for i, name in enumerate(self.generate):
+            if space_kind == "pixel":
+                groups[name] = [i]
+            elif space_kind == "wavelet":  # subband-major: channel s*C + c
+                groups[name] = [s * c + i for s in range(k)]
+            else:  # space-to-depth, channel-major: channel c*r^d + offset
+                groups[name] = [i * k + j for j in range(k)]
+        return groups

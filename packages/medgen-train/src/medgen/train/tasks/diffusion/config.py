@@ -1,0 +1,169 @@
+"""The ``task:`` section of ``task.kind: diffusion``: strategy, schedule, space, channels,
+conditioning, loss weighting and evaluation.
+
+``task.strategy.kind`` picks DDPM (``prediction``: epsilon | v | sample; ``schedule`` with
+every parameter of its kind, e.g. ``task.strategy.schedule.kind=gamma_rebalanced``,
+``...gamma=0.5``, ``...zero_terminal_snr=true``; Min-SNR-gamma) or rectified flow (shift,
+t sampling, time scale). ``task.space.kind`` is pixel, Haar wavelet (WDM-style) or
+space-to-depth. ``generate`` names the channels the model produces (the cache's modalities,
+``image`` for all of them, and ``mask`` for the lesion mask as a channel in [-1, 1]);
+``priors`` the channels it is given as conditioning instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from medgen.models import DDPM, PREDICTIONS, RectifiedFlow, schedules, spaces
+from medgen.models.strategies.flow import T_SAMPLINGS
+from medgen.train.config.schema import Kinded, setting
+from medgen.train.errors import ConfigError
+
+
+def _schedule_config(name: str, fn) -> type:
+    """A frozen dataclass with a field per keyword of schedule function ``fn``."""
+    fields: list[tuple] = [("kind", str, field(default=name))]
+    for p in inspect.signature(fn).parameters.values():
+        default = p.default
+        rule = {"min": 2} if p.name == "num_train_timesteps" else {"gt": 0}
+        fields.append((p.name, type(default), setting(default, **rule)))
+    fields.append(("zero_terminal_snr", bool, field(default=False)))
+    cls = dataclasses.make_dataclass(
+        f"{name.title().replace('_', '')}Schedule", fields, frozen=True
+    )
+    cls.__doc__ = f"Parameters of the {name!r} noise schedule (see medgen.models.schedules)."
+    cls.__module__ = __name__
+    return cls
+
+
+SCHEDULES = {name: _schedule_config(name, fn) for name, fn in schedules.SCHEDULES.items()}
+
+
+def build_schedule(cfg) -> schedules.NoiseSchedule:
+    """The schedule a schedule section describes."""
+    params = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "kind"}
+    try:
+        return schedules.make(cfg.kind, **params)
+    except ValueError as exc:
+        raise ConfigError(f"task.strategy.schedule: {exc}") from None
+
+
+@dataclass(frozen=True)
+class DDPMConfig:
+    """Discrete diffusion (Ho et al. 2020) with Min-SNR-gamma loss weighting."""
+
+    kind: str = "ddpm"
+    prediction: str = setting("epsilon", choices=PREDICTIONS)
+    schedule: Annotated[Any, Kinded(SCHEDULES, "cosine")] = field(
+        default_factory=SCHEDULES["cosine"]
+    )
+    min_snr_gamma: float | None = setting(5.0, gt=0)  # null: plain MSE on the target
+
+    def validate(self) -> None:
+        """Epsilon prediction is undefined at zero terminal SNR."""
+        if self.prediction == "epsilon" and self.schedule.zero_terminal_snr:
+            raise ConfigError(
+                "prediction: epsilon cannot recover x0 at zero terminal SNR; use v or sample"
+            )
+
+    def build(self) -> DDPM:
+        """The strategy."""
+        return DDPM(build_schedule(self.schedule), self.prediction)
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    """Rectified flow (t = 0 data, t = 1 noise, v = eps - x0)."""
+
+    kind: str = "rflow"
+    shift: float = setting(1.0, gt=0)
+    t_sampling: str = setting("logit_normal", choices=T_SAMPLINGS)
+    logit_mean: float = 0.0
+    logit_std: float = setting(1.0, gt=0)
+    time_scale: float = setting(1000.0, gt=0)
+
+    def build(self) -> RectifiedFlow:
+        """The strategy."""
+        return RectifiedFlow(
+            self.shift, self.t_sampling, self.logit_mean, self.logit_std, self.time_scale
+        )
+
+
+STRATEGIES = {"ddpm": DDPMConfig, "rflow": FlowConfig}
+
+
+@dataclass(frozen=True)
+class PixelSpaceConfig:
+    """Diffusion on the data themselves."""
+
+    kind: str = "pixel"
+
+    def build(self, spatial_dims: int):
+        """The space."""
+        return spaces.PixelSpace(spatial_dims)
+
+
+@dataclass(frozen=True)
+class WaveletSpaceConfig:
+    """One level of the orthonormal Haar transform (WDM-3D); the low band scaled."""
+
+    kind: str = "wavelet"
+    low_scale: float = setting(1.0 / 3.0, gt=0)
+
+    def build(self, spatial_dims: int):
+        """The space."""
+        return spaces.WaveletSpace(spatial_dims, self.low_scale)
+
+
+@dataclass(frozen=True)
+class SpaceToDepthConfig:
+    """A lossless rearrangement of factor^d pixel blocks into channels."""
+
+    kind: str = "space_to_depth"
+    factor: int = setting(2, min=2)
+
+    def build(self, spatial_dims: int):
+        """The space."""
+        return spaces.SpaceToDepth(spatial_dims, self.factor)
+
+
+SPACES = {"pixel": PixelSpaceConfig, "wavelet": WaveletSpaceConfig}
+SPACES["space_to_depth"] = SpaceToDepthConfig
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """A diffusion model of the cache's images (and masks), 2D slices or 3D volumes."""
+
+    kind: str = "diffusion"
+    strategy: Annotated[Any, Kinded(STRATEGIES, "ddpm")] = field(default_factory=DDPMConfig)
+    space: Annotated[Any, Kinded(SPACES, "pixel")] = field(default_factory=PixelSpaceConfig)
+    generate: tuple[str, ...] = ("image", "mask")  # channels the model produces
+    priors: tuple[str, ...] = ()  # channels given to the model as conditioning
+    tokens: bool = True  # condition on the z-bin x class token of each item
+    cond_dropout: float = setting(0.0, min=0, lt=1)  # null-token rate (classifier-free guidance)
+    loss: str = setting("mse", choices=("mse", "l1"))
+    clip_x0: float | None = setting(1.0, gt=0)  # pixel-space x0 bound (x0-PSNR, sampling)
+    eval_samples: int = setting(64, min=1)  # held-out items scored at every evaluation
+    eval_buckets: int = setting(10, min=2)  # timestep buckets of the x0-PSNR diagnostic
+    eval_seed: int = setting(0, min=0)
+
+    def validate(self) -> None:
+        """Channel names unique, not both generated and given."""
+        if not self.generate:
+            raise ConfigError("generate: name at least one channel to generate")
+        for key in ("generate", "priors"):
+            names = getattr(self, key)
+            if len(set(names)) != len(names):
+                raise ConfigError(f"{key}: duplicate channel names in {list(names)}")
+        both = sorted(set(self.generate) & set(self.priors))
+        if both:
+            raise ConfigError(f"priors: {both} also listed in generate")
+        if self.space.kind != "pixel" and self.clip_x0 is not None:
+            raise ConfigError(
+                f"clip_x0: clipping x0 applies to pixel space, not the {self.space.kind!r} "
+                "space (set task.clip_x0=null)"
+            )

@@ -1,0 +1,196 @@
+"""Sampling a trained diffusion run: what to generate (a plan of tokens, modes and priors), and
+the sampler loop with every step checked for finiteness.
+
+Sample i starts from noise drawn from its own seed (``SeedSequence([seed, i])``), so a sample
+does not depend on the batch size or on which other samples are drawn with it. A NaN or inf
+in any step stops sampling with an error naming the batch, the step and the timestep.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from medgen.models import Conditioning, samplers
+from medgen.train.errors import ConfigError, SamplingError
+from medgen.train.tasks.diffusion.task import NETWORK, DiffusionModel
+
+DDPM_SAMPLERS, FLOW_SAMPLERS = ("ddim", "ddpm"), ("euler", "heun")
+
+
+@dataclass
+class Plan:
+    """Per-sample conditioning: z-bin, class and token (slices: token = z_bin + n_bins *
+    class; volumes: token = class), mode, and prior channels (from reference items)."""
+
+    z_bin: np.ndarray
+    class_id: np.ndarray
+    token: np.ndarray
+    mode: np.ndarray | None = None
+    priors: list[torch.Tensor] | None = None  # per sample, (P, *spatial)
+
+    def __len__(self) -> int:
+        return int(self.token.shape[0])
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """How to sample (the run's ``sample:`` section, overridden by the command line)."""
+
+    sampler: str = "auto"
+    steps: int = 50
+    eta: float = 0.0
+    spacing: str = "trailing"
+    guidance: float | None = None
+    clip_x0: float | None = None
+    batch_size: int = 32
+    seed: int = 0
+
+
+def _values(given: list[int] | None, n: int, what: str, key: str) -> list[int]:
+    if not given:
+        return list(range(n))
+    bad = [v for v in given if not 0 <= v < n]
+    if bad:
+        raise ConfigError(f"{key}: {what} {bad} outside what the model was trained on [0, {n})")
+    return list(given)
+
+
+class DiffusionGenerator:
+    """A diffusion run's model, ready to sample (weights loaded by the caller into
+    :meth:`modules`)."""
+
+    def __init__(self, model: DiffusionModel, device: torch.device) -> None:
+        self.model, self.device = model, device
+
+    @classmethod
+    def load(cls, config, description, device: torch.device) -> DiffusionGenerator:
+        """Rebuild the run's strategy, space and network from its config and data.json."""
+        model = DiffusionModel.build(config.task, config.model, description, device)
+        return cls(model, device)
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """The modules whose (EMA) weights a checkpoint provides."""
+        return {NETWORK: self.model.network}
+
+    def plan(
+        self,
+        n: int | None,
+        per_token: int,
+        bins: list[int] | None = None,
+        classes: list[int] | None = None,
+        modes: list[int] | None = None,
+    ) -> Plan:
+        """Every combination of the requested bins x classes (x modes), ``per_token`` times
+        each, or ``n`` samples cycling through the combinations."""
+        d = self.model.description
+        bins = _values(bins, d.n_bins, "z-bins", "--bins")
+        classes = _values(classes, d.n_classes, "classes", "--classes")
+        mode_values = _values(modes, d.n_modes, "modes", "--modes") if d.n_modes else [None]
+        if modes and not d.n_modes:
+            raise ConfigError("--modes: this run was not trained with a mode embedding")
+        combos = list(itertools.product(classes, bins, mode_values))
+        if n is None:
+            rows = [c for c in combos for _ in range(per_token)]
+        else:
+            rows = list(itertools.islice(itertools.cycle(combos), n))
+        cls_, zb, md = (np.array(v) for v in zip(*rows, strict=True))
+        return Plan(
+            z_bin=zb.astype(np.int64),
+            class_id=cls_.astype(np.int64),
+            token=(zb + d.n_bins * cls_).astype(np.int64),
+            mode=md.astype(np.int64) if d.n_modes else None,
+        )
+
+    def _model(self, net, batch_cond: dict) -> Callable:
+        """``model(x, t, token)`` for the samplers: the token tensor stays the sampler's (so
+        classifier-free guidance can swap in the null token), the rest comes from the batch."""
+        m = self.model
+
+        def call(x, t, token):
+            cond = Conditioning(
+                token=token if m.num_tokens else None,
+                mode=batch_cond.get("mode"),
+                priors=batch_cond.get("priors"),
+            )
+            return net(x, t, cond)
+
+        return call
+
+    @torch.no_grad()
+    def generate(
+        self, plan: Plan, s: SamplerSettings, on_batch: Callable[[int], None] | None = None
+    ) -> np.ndarray:
+        """Samples (N, C, *spatial) float32 in data space, images clamped to [-1, 1]."""
+        m = self.model
+        sampler = s.sampler
+        if sampler == "auto":
+            sampler = "ddim" if m.strategy.kind == "ddpm" else "euler"
+        allowed = DDPM_SAMPLERS if m.strategy.kind == "ddpm" else FLOW_SAMPLERS
+        if sampler not in allowed:
+            raise ConfigError(
+                f"--sampler: {sampler!r} does not sample a {m.strategy.kind!r} model; use one "
+                f"of {', '.join(allowed)}"
+            )
+        if s.guidance is not None and m.null_token is None:
+            raise ConfigError(
+                "--guidance: this run was trained without conditioning dropout "
+                "(task.cond_dropout=0), so it has no null token to guide with"
+            )
+        net = m.network.eval()
+        out = []
+        for start in range(0, len(plan), s.batch_size):
+            idx = list(range(start, min(start + s.batch_size, len(plan))))
+            x_T = torch.cat(
+                [
+                    torch.randn(
+                        (1, *m.latent_shape),
+                        generator=torch.Generator().manual_seed(
+                            int(np.random.SeedSequence([s.seed, i]).generate_state(1)[0])
+                        ),
+                    )
+                    for i in idx
+                ]
+            ).to(self.device)
+            cond: dict = {}
+            if plan.mode is not None:
+                cond["mode"] = torch.from_numpy(plan.mode[idx]).to(self.device)
+            if plan.priors is not None:
+                stacked = torch.stack([plan.priors[i] for i in idx]).to(self.device)
+                cond["priors"] = [stacked[:, j : j + 1] for j in range(stacked.shape[1])]
+            token = torch.from_numpy(plan.token[idx]).to(self.device)
+            generator = torch.Generator().manual_seed(s.seed * 7919 + start)
+
+            def check(info, first=idx[0], last=idx[-1]):
+                if not torch.isfinite(info["x"]).all():
+                    bad = int((~torch.isfinite(info["x"])).flatten(1).any(1).sum())
+                    raise SamplingError(
+                        f"non-finite values at step {info['i'] + 1} (t={info['t']}) in {bad} of "
+                        f"the samples {first}..{last}; nothing was written"
+                    )
+
+            kwargs = dict(
+                cond=token,
+                generator=generator,
+                callback=check,
+                guidance=s.guidance,
+                null_token=m.null_token if s.guidance is not None else None,
+            )
+            if sampler in DDPM_SAMPLERS:
+                kwargs.update(spacing=s.spacing, clip_x0=s.clip_x0)
+            if sampler == "ddim":
+                kwargs["eta"] = s.eta
+            z = samplers.SAMPLERS[sampler](
+                self._model(net, cond), m.strategy, x_T, s.steps, **kwargs
+            )
+            x = m.space.decode(z).float()
+            if not torch.isfinite(x).all():
+                raise SamplingError(f"decoding samples {idx[0]}..{idx[-1]} gave non-finite values")
+            out.append(x.clamp(-1, 1).cpu().numpy())
+            if on_batch is not None:
+                on_batch(len(idx))
+        return np.concatenate(out).astype(np.float32)

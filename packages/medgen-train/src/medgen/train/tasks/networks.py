@@ -1,0 +1,100 @@
+"""The ``model:`` section: which network, chosen by ``model.kind``, and how it is built.
+
+The data and the task fix what a network must accept (spatial dims, input and output
+channels, tokens, modes, prior channels: a :class:`NetworkSpec`); the section says the rest
+(widths, depth, attention). ``unet`` is MONAI's ``DiffusionModelUNet`` through
+:class:`medgen.models.ConditionedUNet`; the network issue adds transformers here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from medgen.models import ConditionedUNet
+from medgen.train.config.schema import setting
+from medgen.train.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """What the data and the task require of the network."""
+
+    spatial_dims: int
+    in_channels: int
+    out_channels: int
+    shape: tuple[int, ...]  # spatial shape of the network's input
+    num_tokens: int | None = None
+    null_token: bool = False
+    num_modes: int | None = None
+    prior_channels: int = 0
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """MONAI ``DiffusionModelUNet`` widths, depth and attention (2D or 3D from the data)."""
+
+    kind: str = "unet"
+    channels: tuple[int, ...] = (32, 64, 64)
+    attention_levels: tuple[bool, ...] = (False, False, True)
+    num_res_blocks: int = setting(1, min=1)
+    num_head_channels: int = setting(32, min=1)
+    norm_num_groups: int = setting(16, min=1)
+
+    def validate(self) -> None:
+        """MONAI's constraints, checked before anything is built."""
+        if not self.channels or min(self.channels) < 1:
+            raise ConfigError(f"channels: expected positive widths, got {list(self.channels)}")
+        if len(self.attention_levels) != len(self.channels):
+            raise ConfigError(
+                f"attention_levels: {len(self.attention_levels)} values for "
+                f"{len(self.channels)} levels of channels {list(self.channels)}"
+            )
+        bad = [c for c in self.channels if c % self.norm_num_groups]
+        if bad:
+            raise ConfigError(
+                f"channels: {bad} not divisible by norm_num_groups={self.norm_num_groups} "
+                f"(channels {list(self.channels)})"
+            )
+        heads = [
+            c
+            for c, a in zip(self.channels, self.attention_levels, strict=True)
+            if a and c % self.num_head_channels
+        ]
+        if heads:
+            raise ConfigError(
+                f"num_head_channels: {self.num_head_channels} does not divide the attention "
+                f"level widths {heads}"
+            )
+
+    def build(self, spec: NetworkSpec) -> nn.Module:
+        """The network for ``spec``."""
+        levels = len(self.channels)
+        factor = 2 ** (levels - 1)
+        bad = [s for s in spec.shape if s % factor]
+        if bad:
+            raise ConfigError(
+                f"model.channels: {levels} levels halve the size {levels - 1} times, so every "
+                f"spatial size must be divisible by {factor}; the data are {list(spec.shape)}"
+            )
+        try:
+            return ConditionedUNet(
+                spec.spatial_dims,
+                spec.in_channels,
+                spec.out_channels,
+                num_tokens=spec.num_tokens,
+                null_token=spec.null_token,
+                num_modes=spec.num_modes,
+                prior_channels=spec.prior_channels,
+                channels=self.channels,
+                attention_levels=self.attention_levels,
+                num_res_blocks=self.num_res_blocks,
+                num_head_channels=self.num_head_channels,
+                norm_num_groups=self.norm_num_groups,
+            )
+        except ValueError as exc:  # anything MONAI still refuses
+            raise ConfigError(f"model: {' '.join(str(exc).split())}") from None
+
+
+NETWORKS = {"unet": UNetConfig}
