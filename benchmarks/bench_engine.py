@@ -207,6 +207,7 @@ def diffusion_model(case: str, device: torch.device) -> DiffusionModel:
     cfg = load_fit_config(
         "quickstart",
         [
+            "task.strategy.kind=ddpm",  # eps, cosine, Min-SNR-5: the bare loop's loss
             f"model.channels=[{','.join(map(str, channels))}]",
             f"model.attention_levels=[{','.join(str(a).lower() for a in attention)}]",
         ],

@@ -38,7 +38,7 @@ def test_quickstart_writes_a_complete_run_and_reruns_reuse_it(tmp_path):
     assert cfg["data"]["recipe"]["size"] == 16 and cfg["training"]["steps"] == 6
     assert cfg["data"]["recipe"]["out"].startswith(str(cache))
     (samples,) = (out / "samples").iterdir()
-    assert samples.name == "step_00000006-ddim4-seed0"
+    assert samples.name == "step_00000006-euler4-seed0"
     result = json.loads((samples / "evaluation" / "evaluation.json").read_text())
     assert result["overall"]["n"] == 4 and set(result["per_bin"]) == {"0", "1", "2", "3"}
     report = (out / "report.md").read_text()
@@ -52,7 +52,7 @@ def test_quickstart_writes_a_complete_run_and_reruns_reuse_it(tmp_path):
 
     again = run_cli(out, cache)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "0 built, 1 reused" in again.stdout
+    assert "0 shards built, 1 reused" in again.stdout
     assert "already holds these samples" in again.stdout
     assert "already holds this evaluation" in again.stdout
 

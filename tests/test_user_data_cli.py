@@ -91,6 +91,10 @@ def test_slices_from_nifti_and_dicom_with_masks_to_samples_and_scores(demo):
     assert sorted(samples["token"].tolist()) == list(range(8))  # 4 bins x 2 classes
     niftis = sorted(p.name for p in (run / "s" / "nifti").iterdir())
     assert len(niftis) == 16 and niftis[0] == "sample_00000_bin0_class0_image.nii.gz"
+    from medgen.data import orientation_code, read_nifti
+
+    vol = read_nifti(run / "s" / "nifti" / niftis[0])
+    assert orientation_code(vol) == "RAS" and vol.spacing[1:] == pytest.approx(data["spacing"][1:])
     again = cli("sample", "runs/js", "--steps", 3, "--per-token", 1, "--out", "runs/js/s",
                 cwd=demo)  # fmt: skip
     assert "already holds these samples" in again.stdout

@@ -102,7 +102,7 @@ def test_no_patient_identifier_reaches_any_byte_of_the_cache(tmp_path, tools):
             quiet=True,
         )
         files = [p for p in out.rglob("*") if p.is_file()]
-        assert len(files) == 1 + 2 * 2
+        assert len(files) == 1 + 2 * 2 + 1  # manifest, 2 shards + sidecars, the .lock (a pid)
         for path in files:
             blob = path.read_bytes()
             for text in (*PHI, *FAKE_PATIENT.values(), str(tmp_path)):

@@ -10,6 +10,7 @@ from medgen.data.dicom import read_dicom
 from medgen.data.orientation import orientation_code, to_canonical
 from medgen.data.sitk_image import from_sitk, to_sitk
 from medgen.data.synthetic.dicom import write_series
+from medgen.data.volume import Volume
 
 ORIENTATIONS = {
     "axial": (1, 0, 0, 0, 1, 0),
@@ -110,3 +111,13 @@ def test_unknown_orientation_is_an_error(tmp_path):
     write_series(tmp_path)
     with pytest.raises(ValueError, match="orientation must be one of"):
         to_canonical(read_dicom(tmp_path), "RAI")
+
+
+@pytest.mark.parametrize("code", ["LPS", "RAS"])
+def test_canonical_direction_has_its_code_and_survives_to_canonical(code):
+    from medgen.data import canonical_direction
+
+    vol = Volume(np.zeros((2, 3, 4), np.float32), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0),
+                 canonical_direction(code))  # fmt: skip
+    assert orientation_code(vol) == code
+    assert to_canonical(vol, code) is vol  # already canonical: nothing to do

@@ -250,3 +250,24 @@ def test_config_errors_name_the_key():
         space_from_config({"kind": "fourier"})
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['lowscale'\]"):
         space_from_config({"kind": "wavelet", "spatial_dims": 3, "lowscale": 0.5})
+
+
+@pytest.mark.parametrize(
+    "space",
+    [PixelSpace(2), WaveletSpace(2), WaveletSpace(3), SpaceToDepth(2, 2), SpaceToDepth(3, 2)],
+    ids=["pixel", "wavelet-2d", "wavelet-3d", "s2d-2d", "s2d-3d"],
+)
+def test_channel_groups_hold_exactly_their_data_channel(space):
+    """Encode data where only channel c is non-zero: exactly its group is non-zero."""
+    c_total = 3
+    spatial = (4,) * space.spatial_dims
+    groups = space.channel_groups(c_total)
+    assert sorted(i for g in groups for i in g) == list(
+        range(space.latent_shape((1, c_total, *spatial))[1])
+    )
+    for c in range(c_total):
+        x = torch.zeros((1, c_total, *spatial))
+        x[:, c] = torch.randn(spatial) + 2.0
+        z = space.encode(x)
+        nonzero = {int(i) for i in torch.nonzero(z.flatten(2).abs().sum(-1)[0]).flatten()}
+        assert nonzero == set(groups[c]), (c, nonzero, groups[c])

@@ -129,8 +129,11 @@ def test_sampling_bad_requests(trained, tmp_path, capsys):
     fails(capsys, "sample", tmp_path / "empty_run", match="no checkpoint to use")
     fails(capsys, "sample", run, "--bins", "4", match="--bins: z-bins [4] outside")
     fails(capsys, "sample", run, "--classes", "1", match="--classes: classes [1] outside")
-    fails(capsys, "sample", run, "--sampler", "heun", match="'heun' does not sample a 'ddpm'")
-    fails(capsys, "sample", run, "--guidance", "3", match="no null token to guide with")
+    fails(capsys, "sample", run, "--sampler", "ddim", match="'ddim' does not sample a 'rflow'")
+    fails(capsys, "sample", run, "--guidance", "3", match="guidance needs a null token")
+    fails(capsys, "sample", run, "--steps", "0", match="sample.steps: expected a number >= 1")
+    fails(capsys, "sample", run, "--batch-size", "0", match="sample.batch_size: expected")
+    fails(capsys, "sample", run, "--n", "0", match="--n: expected at least 1 sample")
     fails(capsys, "sample", run, "--checkpoint", "step_7", match="no such checkpoint")
     fails(capsys, "sample", run, "--out", run, match="is a 'fit' directory, not a 'samples'")
 

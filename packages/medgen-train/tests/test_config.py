@@ -48,7 +48,8 @@ def test_dotted_overrides_are_typed_and_kinds_switch_first():
     assert cfg.training.lr == 1e-4 and cfg.training.betas == (0.8, 0.99)
     assert cfg.model.channels == (16, 32) and cfg.data.recipe.size == 16
     assert isinstance(cfg.task.strategy, FlowConfig) and cfg.task.strategy.shift == 3.0
-    back = load_fit_config("quickstart", ["task.strategy.schedule.kind=gamma_rebalanced",
+    back = load_fit_config("quickstart", ["task.strategy.kind=ddpm",
+                                          "task.strategy.schedule.kind=gamma_rebalanced",
                                           "task.strategy.schedule.gamma=0.5"])  # fmt: skip
     assert isinstance(back.task.strategy, DDPMConfig)
     assert back.task.strategy.schedule.gamma == 0.5 and back.task.strategy.schedule.kind == (
@@ -84,7 +85,11 @@ def test_dotted_overrides_are_typed_and_kinds_switch_first():
         ),
         ("task.space.kind=wavelet", "task.clip_x0: clipping x0 applies to pixel space"),
         ("task.generate=", "task.generate: name at least one channel"),
-        ("sample.sampler=euler", "sample.sampler: 'euler' does not sample task.strategy.kind=ddpm"),
+        ("sample.sampler=euler", "sample.sampler: 'euler' does not sample a 'ddpm' model"),
+        ("sample.steps=1001", "sample.steps: 1001 sampling steps exceed the schedule's 1000"),
+        ("task.strategy.schedule.max_beta=1", "task.strategy.schedule: a zero-terminal-SNR"),
+        ("task.strategy.min_snr_gamma=nan", "task.strategy.min_snr_gamma: expected a finite"),
+        ("data.recipe.foreground_threshold=inf", "foreground_threshold: expected a finite"),
         ("sample.guidance=2", "sample.guidance: classifier-free guidance needs a null token"),
         ("data.recipe=mni999", "data.recipe: 'mni999' is neither a bundled recipe"),
         ("data.recipe.n_bins=0", "data.recipe.n_bins"),
@@ -94,8 +99,8 @@ def test_dotted_overrides_are_typed_and_kinds_switch_first():
     ],
 )
 def test_bad_values_name_the_key(override, message):
-    with pytest.raises(ConfigError) as info:
-        load_fit_config("quickstart", [override])
+    with pytest.raises(ConfigError) as info:  # the quickstart, as a DDPM (its default is rflow)
+        load_fit_config("quickstart", ["task.strategy.kind=ddpm", override])
     assert message in str(info.value)
 
 
@@ -147,3 +152,10 @@ def test_overrides_of_plain_schemas_and_differences():
     diff = differences({"a": {"b": 1, "c": [1]}}, {"a": {"b": 2, "c": [1], "d": 0}})
     assert diff == [("a.b", 1, 2), ("a.d", None, 0)]
     assert to_dict(cfg)["channels"] == [16, 32, 64]
+
+
+def test_conditioning_dropout_needs_tokens():
+    with pytest.raises(
+        ConfigError, match="task.cond_dropout: 0.1 drops tokens, but tokens is false"
+    ):
+        load_fit_config("quickstart", ["task.tokens=false", "task.cond_dropout=0.1"])

@@ -24,7 +24,7 @@ from medgen.data.loading.samplers import (
     oversampled_share,
 )
 from medgen.data.nifti import read_nifti, write_nifti
-from medgen.data.orientation import orientation_code, to_canonical
+from medgen.data.orientation import canonical_direction, orientation_code, to_canonical
 from medgen.data.read import read_volume
 from medgen.data.resample import resample
 from medgen.data.slicing.codec import decode_mask, encode_mask
@@ -61,6 +61,7 @@ __all__ = [
     "Volume",
     "axial_slices",
     "build_cache",
+    "canonical_direction",
     "class_token",
     "collate_padded",
     "config_hash",

@@ -28,6 +28,16 @@ def orientation_code(vol: Volume) -> str:
     )
 
 
+def canonical_direction(orientation: str = "LPS") -> np.ndarray:
+    """The :class:`Volume` direction (columns: the LPS directions of the array axes
+    ``(z, y, x)``) of a volume in canonical ``orientation``: for "LPS" the z axis points to
+    Superior, y to Posterior, x to Left; "RAS" flips x and y."""
+    if orientation not in CANONICAL:
+        raise ValueError(f"orientation must be one of {CANONICAL}, got {orientation!r}")
+    flip = -1.0 if orientation == "RAS" else 1.0
+    return np.array([[0.0, 0.0, flip], [0.0, flip, 0.0], [1.0, 0.0, 0.0]])
+
+
 def to_canonical(vol: Volume, orientation: str = "LPS") -> Volume:
     """``vol`` with its array axes permuted/flipped so that its code is ``orientation``.
 

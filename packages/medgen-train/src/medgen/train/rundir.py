@@ -22,6 +22,7 @@ import time
 import uuid
 from pathlib import Path
 
+from medgen.data.cache.atomic import atomic_write_bytes, file_sha256
 from medgen.train.errors import RunDirError
 
 MARKER = ".medgen-run.json"
@@ -85,11 +86,13 @@ class RunDir:
         """Check, optionally move the old directory aside, create, and lock."""
         if fresh and self.path.exists() and any(self.path.iterdir()):
             check_target(self.path, self.kind)  # never move a stranger's directory
-            self._lock_or_fail()  # a running owner keeps its directory
-            self._unlock()
-            aside = self.path.with_name(f"{self.path.name}.{time.strftime('%Y%m%d-%H%M%S')}")
-            os.replace(self.path, aside)
-            self.moved_aside = aside
+            self._lock_or_fail(record=False)  # a running owner keeps its directory
+            try:  # moved while locked: nobody starts writing into it in between
+                aside = self.path.with_name(f"{self.path.name}.{time.strftime('%Y%m%d-%H%M%S')}")
+                os.replace(self.path, aside)
+                self.moved_aside = aside
+            finally:
+                self._unlock()
         check_target(self.path, self.kind)
         if not self.path.exists():
             try:
@@ -100,7 +103,7 @@ class RunDir:
         self._lock_or_fail()
         return self
 
-    def _lock_or_fail(self) -> None:
+    def _lock_or_fail(self, record: bool = True) -> None:
         lock = self.path / LOCK
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
@@ -115,14 +118,15 @@ class RunDir:
                     f"{self.path}: in use by {_describe(lock)}; wait for it or choose another --out"
                 ) from None
             raise
-        holder = {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:3]]),
-            "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        if record:  # who holds it, for the message a second writer gets
+            holder = {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:3]]),
+                "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            }
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
         self._fd = fd
 
     def _unlock(self) -> None:
@@ -140,19 +144,17 @@ class RunDir:
                 "run_id": uuid.uuid4().hex,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             }
-            tmp = self.path / f".{MARKER}.{os.getpid()}"
-            tmp.write_text(json.dumps(marker, indent=2))
-            os.replace(tmp, self.path / MARKER)
+            atomic_write_bytes(self.path / MARKER, json.dumps(marker, indent=2).encode())
         return marker
 
     def release(self, failed: bool = False) -> None:
-        """Unlock; after a failure, remove the directory if this claim created it and nothing
-        but the lock is in it."""
-        self._unlock()
-        if failed and self.created:
-            leftovers = [p for p in self.path.iterdir() if p.name != LOCK]
+        """After a failure, remove the directory if this claim created it and nothing but the
+        lock and the marker is in it (still holding the lock); then unlock."""
+        if failed and self.created and self._fd is not None:
+            leftovers = [p for p in self.path.iterdir() if p.name not in (LOCK, MARKER)]
             if not leftovers:
                 shutil.rmtree(self.path, ignore_errors=True)
+        self._unlock()
 
     def __enter__(self) -> RunDir:
         return self
@@ -182,8 +184,6 @@ class Staging:
     def commit(self, manifest_name: str, manifest: dict) -> Path:
         """Check every staged file (present, not empty), record sizes and sha256 in the
         manifest, move the files into place, then write the manifest."""
-        import hashlib
-
         files = {}
         for p in sorted(q for q in self.dir.rglob("*") if q.is_file()):
             size = p.stat().st_size
@@ -191,7 +191,7 @@ class Staging:
                 raise RunDirError(f"{p}: written empty; nothing was moved into {self.out}")
             files[str(p.relative_to(self.dir))] = {
                 "bytes": size,
-                "sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
+                "sha256": file_sha256(p),
             }
         for name in files:
             target = self.out / name
@@ -199,9 +199,7 @@ class Staging:
             os.replace(self.dir / name, target)
         shutil.rmtree(self.dir, ignore_errors=True)
         manifest = {**manifest, "files": files}
-        tmp = self.out / f".{manifest_name}.{os.getpid()}"
-        tmp.write_text(json.dumps(manifest, indent=2))
-        os.replace(tmp, self.out / manifest_name)
+        atomic_write_bytes(self.out / manifest_name, json.dumps(manifest, indent=2).encode())
         return self.out / manifest_name
 
     def abandon(self) -> None:

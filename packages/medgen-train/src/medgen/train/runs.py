@@ -39,8 +39,10 @@ class TrainedRun:
             raise CheckpointError(
                 f"{run_dir}: no checkpoint to use{why}; train it with medgen-train fit first"
             )
+        stored = read_yaml(ckpt / "config.yaml")
+        stored.setdefault("run", {}).update(device="auto", threads=0)  # this machine's, not that
         try:
-            config = validate(from_mapping(FitConfig, read_yaml(ckpt / "config.yaml")))
+            config = validate(from_mapping(FitConfig, stored))
         except ConfigError as exc:
             raise CheckpointError(f"{ckpt / 'config.yaml'}: {exc}") from None
         data = ckpt / "data.json"

@@ -86,24 +86,27 @@ def atomic_write_bytes(
 
 
 @contextlib.contextmanager
-def exclusive(directory: Path):
+def exclusive(directory: Path, wait: bool = False):
     """Hold ``directory/.lock`` exclusively (``fcntl.flock``; the kernel releases it when the
-    process dies): a second builder of the same cache is refused instead of interleaving
-    shards. The lock file records only the holder's pid."""
+    process dies): a second builder of the same cache is refused (or, with ``wait``, waits
+    for the first) instead of interleaving shards. The lock file records only the pid."""
     directory.mkdir(parents=True, exist_ok=True)
     lock = directory / ".lock"
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
-        os.close(fd)
         if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            os.close(fd)
             raise
         holder = lock.read_text().strip() or "?"
-        raise CacheError(
-            f"{directory}: another process (pid {holder}) is building this cache; wait for it "
-            "to finish"
-        ) from None
+        if not wait:
+            os.close(fd)
+            raise CacheError(
+                f"{directory}: another process (pid {holder}) is building this cache; wait "
+                "for it to finish"
+            ) from None
+        fcntl.flock(fd, fcntl.LOCK_EX)  # the other builder finishes first
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)

@@ -144,8 +144,11 @@ def _build_one(subject, modalities, recipe, meta, shard_dir, name) -> dict:
     return write_shard(shard_dir, name, arrays, meta)
 
 
-def build_cache(recipe: CacheRecipe, quiet: bool = False) -> BuildReport:
-    """Build (or finish, or re-split) the cache ``recipe`` describes in ``recipe.out``."""
+def build_cache(recipe: CacheRecipe, quiet: bool = False, wait: bool = False) -> BuildReport:
+    """Build (or finish, or re-split) the cache ``recipe`` describes in ``recipe.out``.
+
+    A build holds ``out/.lock``; a second one is refused, or with ``wait`` waits for the first
+    (and then finds its shards finished)."""
     recipe.check()
     subjects = resolve_sources(recipe.sources)
     modalities = select_modalities(subjects, recipe.modalities)
@@ -158,7 +161,7 @@ def build_cache(recipe: CacheRecipe, quiet: bool = False) -> BuildReport:
     ]
     names = [shard_name(k) for k in keys]
     directory = Path(recipe.out)
-    with exclusive(directory):
+    with exclusive(directory, wait):
         return _build_locked(recipe, directory, subjects, modalities, hashes, names,
                              processing_hash, quiet)  # fmt: skip
 

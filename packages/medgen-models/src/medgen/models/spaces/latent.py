@@ -157,6 +157,10 @@ class LatentSpace(nn.Module):
             z = raw_encode(self.autoencoder, torch.zeros(1, c, *sizes, device=device, dtype=dtype))
         return (b, *z.shape[1:])
 
+    def channel_groups(self, channels: int) -> None:
+        """None: an autoencoder mixes the data channels into every latent channel."""
+        return None
+
     def config(self) -> dict:
         """Plain, YAML-safe description (the autoencoder itself is not included)."""
         return {

@@ -36,6 +36,10 @@ class PixelSpace(nn.Module):
         check_input(input_shape, self.spatial_dims, "PixelSpace.latent_shape", "input_shape")
         return tuple(int(s) for s in input_shape)
 
+    def channel_groups(self, channels: int) -> list[list[int]]:
+        """Channel c is channel c."""
+        return [[c] for c in range(channels)]
+
     def config(self) -> dict:
         """Plain, YAML-safe description."""
         return {"kind": self.kind, "spatial_dims": self.spatial_dims}

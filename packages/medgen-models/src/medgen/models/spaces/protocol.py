@@ -33,6 +33,11 @@ class Space(Protocol):
         """Shape of ``encode(x)`` for ``x.shape == input_shape`` (batch and channels included)."""
         ...
 
+    def channel_groups(self, channels: int) -> list[list[int]] | None:
+        """For data of ``channels`` channels: the encoded channels that hold each data channel
+        (for per-channel losses), or None when encoding mixes the channels (a latent space)."""
+        ...
+
     def config(self) -> dict:
         """Plain, YAML-safe description; ``space_from_config(config())`` rebuilds the space."""
         ...

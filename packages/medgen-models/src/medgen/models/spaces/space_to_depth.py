@@ -85,6 +85,11 @@ class SpaceToDepth(nn.Module):
         _check_divisible(sizes, self.factor, "SpaceToDepth.latent_shape")
         return (b, c * self.factor**self.spatial_dims, *[s // self.factor for s in sizes])
 
+    def channel_groups(self, channels: int) -> list[list[int]]:
+        """Channel-major: data channel c is held by channels ``c * r^d .. (c + 1) * r^d - 1``."""
+        k = self.factor**self.spatial_dims
+        return [list(range(c * k, (c + 1) * k)) for c in range(channels)]
+
     def config(self) -> dict:
         """Plain, YAML-safe description."""
         return {"kind": self.kind, "spatial_dims": self.spatial_dims, "factor": self.factor}

@@ -71,6 +71,10 @@ class WaveletSpace(nn.Module):
                 )
         return (b, c * self.subbands, *[s // 2 for s in sizes])
 
+    def channel_groups(self, channels: int) -> list[list[int]]:
+        """Subband-major: data channel c is held by encoded channels ``s * channels + c``."""
+        return [[s * channels + c for s in range(self.subbands)] for c in range(channels)]
+
     def config(self) -> dict:
         """Plain, YAML-safe description."""
         return {"kind": self.kind, "spatial_dims": self.spatial_dims, "low_scale": self.low_scale}

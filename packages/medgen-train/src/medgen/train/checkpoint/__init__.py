@@ -3,7 +3,6 @@
 from medgen.train.checkpoint.retention import prune, remove_stale_temporaries, update_best
 from medgen.train.checkpoint.rng import rng_state, set_rng_state
 from medgen.train.checkpoint.store import (
-    add_metrics,
     find_checkpoint,
     load_training_state,
     load_weights,
@@ -14,7 +13,6 @@ from medgen.train.checkpoint.store import (
 )
 
 __all__ = [
-    "add_metrics",
     "find_checkpoint",
     "load_training_state",
     "load_weights",

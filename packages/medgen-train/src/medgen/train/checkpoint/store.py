@@ -21,7 +21,6 @@ Loading never unpickles arbitrary objects: a planted pickle fails with
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -36,6 +35,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from medgen.data.cache.atomic import file_sha256
 from medgen.train.errors import CheckpointError
 
 PACKAGES = ("medgen-data", "medgen-models", "medgen-cuda", "medgen-train", "torch", "monai")
@@ -52,14 +52,6 @@ def package_versions() -> dict[str, str]:
         except PackageNotFoundError:
             out[name] = "not installed"
     return out
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _flat(modules: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
@@ -121,6 +113,7 @@ def save_checkpoint(
             _check_safetensors(tmp / EMA_FILE, set(ema_weights))
             written[EMA_FILE] = tmp / EMA_FILE
         torch.save(training_state or {}, tmp / STATE_FILE)
+        load_training_state(tmp)  # what resume will read: tensors and containers only
         written[STATE_FILE] = tmp / STATE_FILE
         (tmp / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
         written[CONFIG_FILE] = tmp / CONFIG_FILE
@@ -130,7 +123,7 @@ def save_checkpoint(
         hashes = {}
         for name, path in written.items():
             _fsync(path)
-            hashes[name] = _sha256(path)
+            hashes[name] = file_sha256(path)
         state = {
             "step": step,
             **(info or {}),
@@ -178,13 +171,14 @@ def verify_checkpoint(ckpt: Path) -> str | None:
     except CheckpointError as exc:
         return str(exc)
     files = state.get("files")
-    if not isinstance(files, dict) or MODEL_FILE not in files:
-        return f"{ckpt / INFO_FILE}: no file hashes (written by an older version?)"
+    required = (MODEL_FILE, STATE_FILE, CONFIG_FILE)
+    if not isinstance(files, dict) or any(name not in files for name in required):
+        return f"{ckpt / INFO_FILE}: no hashes of {', '.join(required)} (an older version?)"
     for name, digest in files.items():
         path = ckpt / name
         if not path.is_file():
             return f"{path}: missing"
-        if _sha256(path) != digest:
+        if file_sha256(path) != digest:
             return f"{path}: damaged (sha256 differs from state.json)"
     return None
 
@@ -280,12 +274,3 @@ def load_training_state(ckpt: Path) -> dict:
             f"{file}: refused to load ({type(exc).__name__}); only tensors and plain "
             "containers are accepted, never pickled objects"
         ) from exc
-
-
-def add_metrics(ckpt: Path, metrics: dict) -> None:
-    """Merge ``metrics`` into a written checkpoint's ``state.json`` (atomically)."""
-    state = read_state(ckpt)
-    state.setdefault("metrics", {}).update(metrics)
-    tmp = ckpt / f".{INFO_FILE}.{os.getpid()}"
-    tmp.write_text(json.dumps(state, indent=2))
-    os.replace(tmp, ckpt / INFO_FILE)

@@ -13,28 +13,15 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from pathlib import Path
 
 from medgen.data import CacheRecipe, DataError, build_cache, verify_cache
 from medgen.train.config.schema import load_config
 from medgen.train.errors import ConfigError
-from medgen.train.tasks.data import RECIPES
-
-
-def resolve_recipe(name: str) -> Path:
-    """A recipe file, or the bundled recipe of that name."""
-    path = Path(name)
-    if path.is_file():
-        return path
-    bundled = RECIPES / f"{name}.yaml"
-    if bundled.is_file():
-        return bundled
-    known = ", ".join(sorted(p.stem for p in RECIPES.glob("*.yaml")))
-    raise ConfigError(f"{name}: no such recipe file, nor a bundled recipe ({known})")
+from medgen.train.tasks.data import find_recipe
 
 
 def _command(args: argparse.Namespace) -> int:
-    recipe = load_config(CacheRecipe, resolve_recipe(args.config), list(args.overrides))
+    recipe = load_config(CacheRecipe, find_recipe(args.config, "RECIPE"), list(args.overrides))
     if not recipe.out:
         raise ConfigError("out: the cache directory is required (out=DIR)")
     if args.verify:

@@ -49,12 +49,16 @@ def read_samples(samples: Path) -> tuple[dict, dict]:
 def load_reference(cache: Path, split: str, n_modes: bool, quiet: bool) -> dict:
     """Every item of ``split``: images (M, C, *spatial), masks, z-bins, classes."""
     ds = CacheDataset(cache, split, modality_as="mode" if n_modes else "channels")
-    images, masks, bins, classes = [], [], [], []
+    images, masks, bins, classes, modes, valid = [], [], [], [], [], []
     for i in tqdm(range(len(ds)), desc="reference", disable=bars_disabled(quiet)):
         item = ds[i]
         images.append(item["image"].numpy())
         if "mask" in item:
             masks.append(item["mask"][0].numpy() > 0)
+        if "mode" in item:
+            modes.append(int(item["mode"]))
+        if "valid" in item:
+            valid.append(item["valid"][0].numpy())
         bins.append(int(item["z_bin"]))
         classes.append(int(item["class_id"]))
     return {
@@ -62,6 +66,8 @@ def load_reference(cache: Path, split: str, n_modes: bool, quiet: bool) -> dict:
         "masks": np.stack(masks) if masks else None,
         "z_bin": np.array(bins),
         "class_id": np.array(classes),
+        "mode": np.array(modes) if modes else None,
+        "valid": np.stack(valid) if valid else None,
     }
 
 
@@ -83,9 +89,8 @@ def run_evaluate(
     else:
         cache, split = parse_reference(reference, "test")
     out = Path(out) if out is not None else samples / "evaluation"
-    previous = out / "evaluation.json"
-    if previous.is_file() and not fresh:
-        old = json.loads(previous.read_text())
+    if (out / "manifest.json").is_file() and not fresh:  # written last: a complete one
+        old = json.loads((out / "evaluation.json").read_text())
         same = old.get("samples_request_hash") == manifest.get("request_hash")
         if same and old.get("reference") == f"{cache}:{split}":
             say(f"evaluate: {out} already holds this evaluation")
@@ -109,6 +114,9 @@ def run_evaluate(
         ref["masks"],
         ref["z_bin"],
         ref["class_id"],
+        modes=arrays.get("mode"),
+        ref_modes=ref["mode"],
+        ref_valid=ref["valid"],
     )
     result = {
         "samples": str(samples),

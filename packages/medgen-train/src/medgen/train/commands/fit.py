@@ -20,11 +20,12 @@ from pathlib import Path
 import torch
 
 from medgen.data import build_cache, read_manifest
+from medgen.data.cache.atomic import atomic_write_bytes
 from medgen.train import checkpoint
 from medgen.train.config.fit import FitConfig, load_fit_config
 from medgen.train.config.schema import differences, read_yaml, to_dict, to_yaml
 from medgen.train.engine import distributed
-from medgen.train.engine.loop import FitResult, fit
+from medgen.train.engine.loop import FitResult, check_metrics, fit
 from medgen.train.engine.preemption import StopFlag
 from medgen.train.errors import ConfigError
 from medgen.train.rundir import RunDir
@@ -38,47 +39,67 @@ from medgen.train.tasks.data import (
 )
 
 KIND = "fit"
-# data keys that change how batches are loaded, not what is learned: free to change on resume
-LOADER_KEYS = ("num_workers", "prefetch_factor", "persistent_workers", "pin_memory", "verify")
+# data keys that change how batches are loaded, not what is learned, and the cache path (its
+# content is compared through the data fingerprint instead): free to change on resume
+FREE_DATA_KEYS = ("cache", "num_workers", "prefetch_factor", "persistent_workers", "pin_memory",
+                  "verify")  # fmt: skip
+FREE_TASK_KEYS = ("eval_samples", "eval_buckets", "eval_seed")  # diagnostics only
+# training keys a resumed run cannot take: the data order, the batch, the optimizer's kind,
+# the precision (a grad scaler or none), EMA on or off
+FIXED_TRAINING_KEYS = ("seed", "batch_size", "grad_accum", "optimizer", "amp")
 
 
 def _learned(config: dict) -> dict:
-    data = {k: v for k, v in config.get("data", {}).items() if k not in LOADER_KEYS}
-    if isinstance(data.get("recipe"), dict):
-        data["recipe"] = {k: v for k, v in data["recipe"].items() if k != "out"}
-    return {"data": data, "model": config.get("model"), "task": config.get("task")}
+    data = {k: v for k, v in config.get("data", {}).items() if k not in FREE_DATA_KEYS}
+    if isinstance(data.get("recipe"), dict):  # where, not what: the fingerprint checks content
+        data["recipe"] = {k: v for k, v in data["recipe"].items() if k not in ("out", "sources")}
+    task = {k: v for k, v in (config.get("task") or {}).items() if k not in FREE_TASK_KEYS}
+    return {"data": data, "model": config.get("model"), "task": task}
 
 
-def check_resume(run_dir: Path, cfg: FitConfig, say) -> None:
-    """Refuse to resume a run trained with another data, model or task config; note changed
-    training keys."""
-    if not checkpoint.step_dirs(run_dir) or not (run_dir / "config.yaml").is_file():
-        return
-    old = read_yaml(run_dir / "config.yaml")
+def _refuse(run_dir: Path, changed: list, what: str) -> None:
+    shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changed[:4])
+    more = f" (and {len(changed) - 4} more)" if len(changed) > 4 else ""
+    raise ConfigError(
+        f"{run_dir}: was trained with another {what}: {shown}{more}; use --fresh to move the "
+        "old run aside, or another --out"
+    )
+
+
+def check_resume(run_dir: Path, cfg: FitConfig, say) -> Path | None:
+    """Refuse to resume a run whose newest verified checkpoint was trained with another data,
+    model or task config, or with training keys that cannot change; report the training keys
+    that do change. Returns that checkpoint (None for a fresh run)."""
+    ckpt, _ = checkpoint.find_checkpoint(run_dir, "latest")
+    if ckpt is None:
+        return None
+    old = read_yaml(ckpt / "config.yaml")
     new = to_dict(cfg)
     changed = differences(_learned(old), _learned(new))
     if changed:
-        shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changed[:4])
-        more = f" (and {len(changed) - 4} more)" if len(changed) > 4 else ""
-        raise ConfigError(
-            f"{run_dir}: was trained with another config: {shown}{more}; use --fresh to move "
-            "the old run aside, or another --out"
-        )
+        _refuse(run_dir, changed, "config")
     training = differences(old.get("training", {}), new["training"], "training.")
+    fixed = [d for d in training if d[0].removeprefix("training.") in FIXED_TRAINING_KEYS]
+    ema = [d for d in training if d[0] == "training.ema_decay" and 0 in (d[1], d[2])]
+    if fixed or ema:
+        _refuse(run_dir, fixed + ema, "training setting (one a resumed run cannot change)")
     if training:
-        say(
-            "fit: resuming with changed " + ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in training)
-        )
+        say("fit: resuming with " + ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in training))
+    return ckpt
 
 
 def _data(cfg: FitConfig, ctx, quiet: bool, say):
     """Build the recipe's cache (rank 0), then open and describe the splits."""
     cache = cfg.data.cache_dir()
     if cfg.data.recipe is not None:
+        error = None
         if ctx.is_main:
-            report = build_cache(cfg.data.recipe, quiet=quiet)
-            say(f"cache {cache}: {len(report.built)} shards built, {len(report.reused)} reused")
-        distributed.barrier(ctx)
+            try:
+                report = build_cache(cfg.data.recipe, quiet=quiet, wait=True)
+                say(f"cache {cache}: {len(report.built)} shards built, {len(report.reused)} reused")
+            except Exception as exc:  # every rank learns of it (no rank waits for rank 0)
+                error = exc
+        distributed.raise_if_failed(error, ctx)
     if not cache.is_dir():
         raise ConfigError(f"data.cache: {cache} does not exist; build it with medgen-train cache")
     manifest = read_manifest(cache)
@@ -91,10 +112,10 @@ def _data(cfg: FitConfig, ctx, quiet: bool, say):
     return description, train, evaluation
 
 
-def _check_data_unchanged(run_dir: Path, description: DataDescription) -> None:
-    if not checkpoint.step_dirs(run_dir) or not (run_dir / "data.json").is_file():
+def _check_data_unchanged(ckpt: Path | None, run_dir: Path, description: DataDescription):
+    if ckpt is None:
         return
-    old = DataDescription.from_json((run_dir / "data.json").read_text())
+    old = DataDescription.from_json((ckpt / "data.json").read_text())
     if old.fingerprint != description.fingerprint:
         raise ConfigError(
             f"{run_dir}: the cache {description.cache} no longer holds the data this run was "
@@ -130,28 +151,41 @@ def _run_fit(cfg, run_dir, device, flag, fresh, quiet, say) -> FitResult:
             torch.set_num_threads(cfg.run.threads)
         if ctx.enabled and device.type == "cuda":
             device = torch.device("cuda", ctx.local_rank)
+        error, resumes = None, None
         if ctx.is_main:
-            if fresh and run_dir.exists():
-                say(f"fit: --fresh: moving {run_dir} aside")
-            run.claim(fresh)
-            if run.moved_aside is not None:
-                say(f"fit: the old run is now {run.moved_aside}")
-            check_resume(run_dir, cfg, say)
+            try:
+                run.claim(fresh)
+                if run.moved_aside is not None:
+                    say(f"fit: --fresh: the old run is now {run.moved_aside}")
+                resumes = check_resume(run_dir, cfg, say)
+            except Exception as exc:
+                error = exc
+        distributed.raise_if_failed(error, ctx)
         description, train, evaluation = _data(cfg, ctx, quiet, say)
         if ctx.is_main:
-            _check_data_unchanged(run_dir, description)
+            try:
+                _check_data_unchanged(resumes, run_dir, description)
+            except Exception as exc:
+                error = exc
+        distributed.raise_if_failed(error, ctx)
         torch.manual_seed(cfg.training.seed)
         spec = TASKS[cfg.task.kind]
         context = BuildContext(cfg, description, train, evaluation, device, ctx)
-        setup, _ = spec.build(context)
+        setup = spec.build(context)
         batches = make_batches(
             train, cfg.data, cfg.training.batch_size, cfg.training.seed, ctx,
             device.type == "cuda",
         )  # fmt: skip
+        check_metrics(setup, cfg.training)
         if ctx.is_main:
-            run.mark()
-            _atomic_text(run_dir / "config.yaml", to_yaml(cfg))
-            _atomic_text(run_dir / "data.json", description.to_json().decode())
+            try:
+                run.mark()
+                atomic_write_bytes(run_dir / "config.yaml", to_yaml(cfg).encode())
+                atomic_write_bytes(run_dir / "data.json", description.to_json())
+            except Exception as exc:
+                error = exc
+        distributed.raise_if_failed(error, ctx)
+        if ctx.is_main:
             n_params = sum(
                 p.numel() for n in setup.trained() for p in setup.modules[n].parameters()
             )
@@ -180,12 +214,6 @@ def _run_fit(cfg, run_dir, device, flag, fresh, quiet, say) -> FitResult:
         if ctx.is_main:
             run.release(failed=failed)
         distributed.teardown()
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _command(args: argparse.Namespace) -> int:

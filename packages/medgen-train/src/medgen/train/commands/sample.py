@@ -25,15 +25,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from medgen.data import CacheDataset, Volume, read_nifti, write_nifti
+from medgen.data import CacheDataset, Volume, canonical_direction, read_nifti, write_nifti
+from medgen.train import checkpoint
 from medgen.train.checkpoint.store import EMA_FILE, MODEL_FILE, load_weights
+from medgen.train.config.schema import apply_overrides, validate
 from medgen.train.errors import ConfigError, RunDirError
 from medgen.train.evaluation.figures import sample_grid
 from medgen.train.progress import bars_disabled
 from medgen.train.rundir import RunDir, Staging, check_target
 from medgen.train.runs import TrainedRun
 from medgen.train.tasks import TASKS
-from medgen.train.tasks.diffusion.sampling import SamplerSettings
 
 KIND = "samples"
 MANIFEST = "manifest.json"
@@ -87,12 +88,12 @@ def _priors(generator, reference: str | None, plan, description) -> None:
     plan.priors = priors
 
 
-def _write_nifti(stage: Staging, name: str, array: np.ndarray, spacing) -> None:
+def _write_nifti(stage: Staging, name: str, array: np.ndarray, spacing, orientation) -> None:
     volume = Volume(
         np.ascontiguousarray(array[None] if array.ndim == 2 else array, dtype=np.float32),
         tuple(float(s) for s in spacing),
         (0.0, 0.0, 0.0),
-        np.eye(3),
+        canonical_direction(orientation or "LPS"),
     )
     path = write_nifti(volume, stage.path(name))
     back = read_nifti(path)  # verified before it is moved into place
@@ -126,7 +127,7 @@ def _outputs(stage: Staging, samples: np.ndarray, plan, generator, nifti: bool) 
             stem = f"nifti/sample_{i:05d}_bin{int(plan.z_bin[i])}_class{int(plan.class_id[i])}"
             for c, name in enumerate(names):
                 value = samples[i, c] if name != "mask" else arrays["masks"][i].astype(np.float32)
-                _write_nifti(stage, f"{stem}_{name}.nii.gz", value, d.spacing)
+                _write_nifti(stage, f"{stem}_{name}.nii.gz", value, d.spacing, d.orientation)
     rows = []
     for token in dict.fromkeys(plan.token.tolist()):
         sel = np.flatnonzero(plan.token == token)[:6]
@@ -148,57 +149,44 @@ def run_sample(
     which: str = "latest",
     out: str | Path | None = None,
     n: int | None = None,
-    per_token: int | None = None,
     bins: list[int] | None = None,
     classes: list[int] | None = None,
     modes: list[int] | None = None,
     priors_from: str | None = None,
-    overrides: dict | None = None,
-    ema: bool | None = None,
+    overrides: list[str] = (),
     nifti: bool = True,
-    device: str | None = None,
     fresh: bool = False,
     quiet: bool = False,
     say=print,
 ) -> Path:
-    """Sample ``run_dir``'s checkpoint ``which``; returns the samples directory."""
+    """Sample ``run_dir``'s checkpoint ``which`` with its ``sample`` section, changed by
+    ``overrides`` (``sample.steps=100``, ``run.device=cpu``); returns the samples directory.
+    Everything is checked before anything is written."""
     run = TrainedRun.open(run_dir, which)
-    cfg, d = run.config, run.description
-    s = cfg.sample
-    settings = SamplerSettings(
-        sampler=s.sampler,
-        steps=s.steps,
-        eta=s.eta,
-        spacing=s.spacing,
-        guidance=s.guidance,
-        clip_x0=getattr(cfg.task, "clip_x0", None),
-        batch_size=s.batch_size,
-        seed=s.seed,
-    )
-    settings = SamplerSettings(**{**asdict(settings), **(overrides or {})})
-    use_ema = s.ema if ema is None else ema
+    cfg = validate(apply_overrides(run.config, list(overrides)))
+    d, s = run.description, cfg.sample
+    if n is not None and n < 1:
+        raise ConfigError(f"--n: expected at least 1 sample, got {n}")
     has_ema = (run.checkpoint / EMA_FILE).is_file()
-    if use_ema and not has_ema:
-        raise ConfigError(
-            f"{run.checkpoint}: no EMA weights (trained with ema_decay=0); use --no-ema"
-        )
+    if s.ema and not has_ema:
+        raise ConfigError(f"{run.checkpoint}: no EMA weights (ema_decay=0); use --no-ema")
     spec = TASKS[cfg.task.kind]
     if spec.generator is None:
         raise ConfigError(f"task.kind {cfg.task.kind!r} does not generate samples")
-    dev = torch.device(device) if device else cfg.run.torch_device()
-    generator = spec.generator(cfg, d, dev)
-    load_weights(run.checkpoint, generator.modules(), EMA_FILE if use_ema else MODEL_FILE)
-    plan = generator.plan(n, per_token or s.per_token, bins, classes, modes)
+    device = cfg.run.torch_device()
+    generator = spec.generator(cfg, d, device)
+    weights = EMA_FILE if s.ema else MODEL_FILE
+    load_weights(run.checkpoint, generator.modules(), weights)
+    plan = generator.plan(n, s.per_token, bins, classes, modes)
     _priors(generator, priors_from, plan, d)
-    sampler = settings.sampler
-    if sampler == "auto":
-        sampler = "ddim" if generator.model.strategy.kind == "ddpm" else "euler"
-    name = f"{run.checkpoint.name}-{sampler}{settings.steps}-seed{settings.seed}"
+    sampler = generator.sampler_name(s)
+    name = f"{run.checkpoint.name}-{sampler}{s.steps}-seed{s.seed}"
     out = Path(out) if out is not None else Path(run_dir) / "samples" / name
     request = {
         "checkpoint": run.checkpoint.name,
-        "weights": "ema" if use_ema else "model",
-        "settings": asdict(settings) | {"sampler": sampler},
+        "weights": "ema" if s.ema else "model",
+        "weights_sha256": checkpoint.read_state(run.checkpoint)["files"][weights],
+        "settings": asdict(s) | {"sampler": sampler},
         "plan": hashlib.sha256(
             np.concatenate([plan.token, plan.mode if plan.mode is not None else []]).tobytes()
         ).hexdigest(),
@@ -207,16 +195,16 @@ def run_sample(
     }
     request_hash = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
     check_target(out, KIND)
-    previous = out / MANIFEST
-    if previous.is_file() and not fresh:
-        old = json.loads(previous.read_text())
+    if (out / MANIFEST).is_file() and not fresh:
+        old = json.loads((out / MANIFEST).read_text())
         if old.get("request_hash") == request_hash:
-            say(f"sample: {out} already holds these samples (same checkpoint and settings)")
+            say(f"sample: {out} already holds these samples (same weights and settings)")
             return out
         raise RunDirError(
             f"{out}: holds samples of other settings or another checkpoint; use --fresh to "
             "move them aside, or another --out"
         )
+    clip_x0 = getattr(cfg.task, "clip_x0", None)
     with RunDir(out, KIND).claim(fresh) as claimed:
         claimed.mark()
         stage = Staging(out)
@@ -224,7 +212,7 @@ def run_sample(
             t0 = time.perf_counter()
             bar = tqdm(total=len(plan), desc="sample", unit="sample",
                        disable=bars_disabled(quiet))  # fmt: skip
-            samples = generator.generate(plan, settings, on_batch=bar.update)
+            samples = generator.generate(plan, s, clip_x0, on_batch=bar.update)
             bar.close()
             seconds = time.perf_counter() - t0
             _outputs(stage, samples, plan, generator, nifti)
@@ -242,54 +230,50 @@ def run_sample(
                         "kind": d.kind,
                         "shape": d.shape,
                         "spacing": d.spacing,
+                        "orientation": d.orientation,
                         "cache": d.cache,
                         "train_split": cfg.data.train_split,
                         "n_bins": d.n_bins,
                         "n_classes": d.n_classes,
+                        "n_modes": d.n_modes,
                     },
                     "seconds": seconds,
                     "seconds_per_sample": seconds / max(1, len(plan)),
-                    "device": str(dev),
+                    "device": str(device),
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 },
             )
         except BaseException:
             stage.abandon()
             raise
-    say(
-        f"sample: {len(plan)} samples in {seconds:.1f} s ({sampler}, {settings.steps} steps) -> {out}"
-    )
+    say(f"sample: {len(plan)} samples in {seconds:.1f} s ({sampler}, {s.steps} steps) -> {out}")
     return out
 
 
 def _command(args: argparse.Namespace) -> int:
-    overrides = {
-        k: v
-        for k, v in {
-            "sampler": args.sampler,
-            "steps": args.steps,
-            "eta": args.eta,
-            "guidance": args.guidance,
-            "batch_size": args.batch_size,
-            "seed": args.seed,
-            "spacing": args.spacing,
-        }.items()
-        if v is not None
+    flags = {
+        "sample.sampler": args.sampler,
+        "sample.steps": args.steps,
+        "sample.eta": args.eta,
+        "sample.guidance": args.guidance,
+        "sample.batch_size": args.batch_size,
+        "sample.seed": args.seed,
+        "sample.spacing": args.spacing,
+        "sample.per_token": args.per_token,
+        "sample.ema": "false" if args.no_ema else None,
+        "run.device": args.device,
     }
     run_sample(
         args.run_dir,
         which=args.checkpoint,
         out=args.out,
         n=args.n,
-        per_token=args.per_token,
         bins=_ints(args.bins),
         classes=_ints(args.classes),
         modes=_ints(args.modes),
         priors_from=args.priors_from,
-        overrides=overrides,
-        ema=False if args.no_ema else None,
+        overrides=[f"{k}={v}" for k, v in flags.items() if v is not None],
         nifti=not args.no_nifti,
-        device=args.device,
         fresh=args.fresh,
         quiet=args.quiet,
         say=(lambda *_: None) if args.quiet else print,

@@ -25,7 +25,7 @@ from medgen.train.config.schema import (
 )
 from medgen.train.engine.settings import EngineSettings
 from medgen.train.errors import ConfigError
-from medgen.train.tasks import TASK_CONFIGS
+from medgen.train.tasks import TASK_CONFIGS, TASKS
 from medgen.train.tasks.data import DataSection, with_recipe_out
 from medgen.train.tasks.diffusion.config import DiffusionConfig
 from medgen.train.tasks.networks import NETWORKS, UNetConfig
@@ -96,19 +96,10 @@ class FitConfig:
     sample: SampleSection = field(default_factory=SampleSection)
 
     def validate(self) -> None:
-        """Rules that span sections."""
-        strategy = getattr(getattr(self.task, "strategy", None), "kind", None)
-        wanted = {"ddpm": ("ddim", "ddpm"), "rflow": ("euler", "heun")}.get(strategy)
-        if wanted and self.sample.sampler not in ("auto", *wanted):
-            raise ConfigError(
-                f"sample.sampler: {self.sample.sampler!r} does not sample task.strategy.kind="
-                f"{strategy}; use auto or one of {', '.join(wanted)}"
-            )
-        if self.sample.guidance is not None and not getattr(self.task, "cond_dropout", 0):
-            raise ConfigError(
-                "sample.guidance: classifier-free guidance needs a null token; train with "
-                "task.cond_dropout > 0 (e.g. 0.1)"
-            )
+        """Rules that span sections: the task's own (e.g. a sampler that fits its strategy)."""
+        check = TASKS[self.task.kind].check_run
+        if check is not None:
+            check(self)
 
 
 def resolve(config: str | Path) -> Path:

@@ -343,9 +343,7 @@ def validate(config: Any, prefix: str = "") -> Any:
         if value is not None and _is_section(inner, extras):
             validate(value, key + ".")
             continue
-        rule = f.metadata.get("rule")
-        if rule is None:
-            continue
+        rule = f.metadata.get("rule") or Rule()
         for v in value if isinstance(value, tuple) else (value,):
             problem = rule.problem(v)
             if problem:

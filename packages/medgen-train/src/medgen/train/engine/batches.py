@@ -14,6 +14,7 @@ position and delivers, bitwise, what the interrupted run would have.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -41,6 +42,14 @@ class BatchSource(Protocol):
     def load_state_dict(self, state: dict) -> None:
         """Continue from a saved :meth:`state_dict`."""
         ...
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers leave SIGINT / SIGTERM / SIGUSR1 to the training process (SLURM and
+    a terminal's Ctrl-C signal every process of the job): the trainer checkpoints and stops,
+    and the workers end with it."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 class LoaderBatches:
@@ -77,6 +86,7 @@ class LoaderBatches:
             prefetch_factor=prefetch_factor if workers else None,
             persistent_workers=persistent_workers and workers,
             collate_fn=collate_fn,
+            worker_init_fn=_ignore_stop_signals if workers else None,
         )
         self.epoch, self.batch = 0, 0
         self._iterator = None

@@ -18,6 +18,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from medgen.train.errors import MedGenError
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -91,13 +93,35 @@ def all_mean(value: float, ctx: DistContext) -> float:
     return float(t) / ctx.world_size
 
 
-def any_rank(flag: bool, ctx: DistContext) -> bool:
-    """True on every rank when it is true on at least one (e.g. a stop signal)."""
+def any_rank(*flags: bool, ctx: DistContext):
+    """Each flag true on every rank when it is true on at least one (a stop signal, a failed
+    write); one all-reduce for all of them. One flag gives a bool, several a tuple."""
+    if ctx.enabled:
+        t = torch.tensor([1.0 if f else 0.0 for f in flags], device=_device())
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        flags = tuple(bool(v > 0) for v in t.tolist())
+    return flags[0] if len(flags) == 1 else tuple(flags)
+
+
+class RankFailed(MedGenError):
+    """Another rank stopped with an error (its own message names the cause)."""
+
+
+def raise_if_failed(error: BaseException | None, ctx: DistContext) -> None:
+    """A collective every rank calls after work only some ranks do (rank 0's checks and
+    writes): the failing rank re-raises its error, the others raise :class:`RankFailed`
+    naming it, instead of waiting for it at the next collective until a timeout."""
     if not ctx.enabled:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=_device())
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
+        if error is not None:
+            raise error
+        return
+    messages = gather(None if error is None else " ".join(str(error).split()), ctx)
+    if error is not None:
+        raise error
+    failed = [(r, m) for r, m in enumerate(messages) if m is not None]
+    if failed:
+        rank, message = failed[0]
+        raise RankFailed(f"rank {rank} failed: {message}")
 
 
 def sum_over_ranks(values: dict[str, float], ctx: DistContext) -> dict[str, float]:

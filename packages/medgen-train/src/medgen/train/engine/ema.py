@@ -54,6 +54,6 @@ class EMA:
         return {"decay": self.decay, "warmup": self.warmup, "num_updates": self.num_updates}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore the counters written by :meth:`state_dict`."""
-        self.decay, self.warmup = float(state["decay"]), bool(state["warmup"])
+        """Restore the update count; decay and warm-up stay this object's (the settings of
+        the resumed run)."""
         self.num_updates = int(state["num_updates"])

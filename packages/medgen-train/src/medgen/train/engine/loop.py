@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import resource
 import time
 import warnings
@@ -42,7 +43,7 @@ from medgen.train.engine.nan_guard import NanGuard, all_finite
 from medgen.train.engine.objectives import Nets, Objective, TrainingSetup
 from medgen.train.engine.optim import build_optimizer, build_scheduler
 from medgen.train.engine.preemption import Preempted, StopFlag
-from medgen.train.engine.settings import EngineSettings
+from medgen.train.engine.settings import EngineSettings, OptimizerSettings
 from medgen.train.errors import CheckpointError, ConfigError
 from medgen.train.progress import bars_disabled
 
@@ -76,7 +77,11 @@ class _Optimization:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler | None
-    grad_clip: float
+    settings: OptimizerSettings
+
+    @property
+    def grad_clip(self) -> float:
+        return self.settings.grad_clip
 
     def state_dict(self) -> dict:
         return {
@@ -86,10 +91,24 @@ class _Optimization:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore the moments, the schedule's position and the scaler; then apply this run's
+        lr, weight decay, betas and momentum (a resumed run may lower the lr; unchanged
+        settings give back exactly the saved values)."""
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        s = self.settings
+        self.scheduler.base_lrs = [s.lr] * len(self.optimizer.param_groups)
+        epoch = self.scheduler.last_epoch
+        lrs = [s.lr * fn(epoch) for fn in self.scheduler.lr_lambdas]
+        for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
+            group.update(initial_lr=s.lr, lr=lr, weight_decay=s.weight_decay)
+            if "betas" in group:
+                group["betas"] = tuple(s.betas)
+            if "momentum" in group:
+                group["momentum"] = s.momentum
+        self.scheduler._last_lr = lrs
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -109,6 +128,19 @@ def _load_state_of(obj, state: dict | None) -> None:
         fn(state)
 
 
+def check_metrics(setup: TrainingSetup, s: EngineSettings) -> None:
+    """``training.best_metric`` must be something the setup's evaluators report."""
+    names = set()
+    for ev in setup.evaluators:
+        names |= set(ev.metric_names())
+    if s.best_metric and s.best_metric not in names:
+        known = ", ".join(sorted(names)) or "none (no evaluator: is data.eval_split empty?)"
+        raise ConfigError(
+            f"training.best_metric: {s.best_metric!r} is not a metric this task reports; "
+            f"known: {known}"
+        )
+
+
 class _Run:
     """State of one :func:`fit` call; the loop itself is :func:`fit`."""
 
@@ -121,15 +153,7 @@ class _Run:
         self.files = dict(files or {})
         trained = setup.trained()
         self.device = next(setup.modules[trained[0]].parameters()).device
-        names = set()
-        for ev in setup.evaluators:
-            names |= set(ev.metric_names())
-        if s.best_metric and s.best_metric not in names:
-            known = ", ".join(sorted(names)) or "none (this task has no evaluator)"
-            raise ConfigError(
-                f"training.best_metric: {s.best_metric!r} is not a metric this task reports; "
-                f"known: {known}"
-            )
+        check_metrics(setup, s)
         wrapped = {}
         for name in trained:
             module = distributed.wrap(setup.modules[name], ctx, setup.find_unused_parameters)
@@ -150,7 +174,7 @@ class _Run:
                 optimizer,
                 build_scheduler(optimizer, o, max(1, s.steps - obj.start_step)),
                 torch.amp.GradScaler(self.device.type) if s.amp == "fp16" else None,
-                o.grad_clip,
+                o,
             )
         ema_names = setup.ema_modules if setup.ema_modules is not None else trained
         self.ema = None
@@ -162,6 +186,7 @@ class _Run:
         self.last_eval: dict = {}
         self.last_eval_step = -1
         self.notes: list[str] = []
+        self.failure: Exception | None = None  # a rank-0 write that failed, not yet shared
         writes = self.main and self.run_dir is not None
         if writes:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -170,6 +195,17 @@ class _Run:
         self.tb = None
         self.rows: list[dict] = []
         self.eval_rows: list[dict] = []
+
+    @contextlib.contextmanager
+    def writes(self):
+        """Rank 0's file writes: under DDP a failure is kept and shared with every rank at the
+        next collective (:func:`distributed.raise_if_failed`), so no rank waits for it."""
+        try:
+            yield
+        except Exception as exc:
+            if not self.ctx.enabled:
+                raise
+            self.failure = self.failure or exc
 
     # -- checkpoints ---------------------------------------------------------------------
     def resume(self) -> None:
@@ -199,7 +235,13 @@ class _Run:
         self.batches.load_state_dict(training["batches"])
         self.guard.load_state_dict(training.get("guard", {}))
         ranks = training.get("ranks") or []
-        mine = ranks[self.ctx.rank] if len(ranks) == self.ctx.world_size else ranks[0]
+        if len(ranks) != self.ctx.world_size:
+            raise CheckpointError(
+                f"{ckpt}: written by {len(ranks)} rank(s), resumed by {self.ctx.world_size}; the "
+                "data order and every rank's noise depend on the number of ranks: resume with "
+                f"{len(ranks)}, or start afresh (--fresh)"
+            )
+        mine = ranks[self.ctx.rank]
         _load_state_of(self.setup.state, mine.get("task"))
         checkpoint.set_rng_state(mine["rng"])
         self.step = self.resumed_from = int(state["step"])
@@ -216,36 +258,41 @@ class _Run:
             {"task": _state_of(self.setup.state), "rng": checkpoint.rng_state()}, self.ctx
         )
         path = None
-        if self.main:
-            position = self.batches.position()
-            metrics = dict(self.last_eval) if self.last_eval_step == self.step else {}
-            path = checkpoint.save_checkpoint(
-                self.run_dir,
-                self.step,
-                {n: self.setup.modules[n] for n in self.setup.trained()},
-                self.config,
-                ema=self.ema.modules if self.ema is not None else None,
-                training_state={
-                    "objectives": {n: o.state_dict() for n, o in self.opts.items()},
-                    "ema": self.ema.state_dict() if self.ema is not None else None,
-                    "batches": self.batches.state_dict(),
-                    "guard": self.guard.state_dict(),
-                    "ranks": ranks,
-                },
-                info={
-                    "epoch": position.get("epoch", 0),
-                    "data_position": position,
-                    "world_size": self.ctx.world_size,
-                    "skipped_updates": self.guard.skipped,
-                    "metrics": metrics,
-                },
-                files=self.files,
-            )
-            if self.s.best_metric:
-                checkpoint.update_best(self.run_dir, path, self.s.best_metric, self.s.best_mode)
-            checkpoint.prune(self.run_dir, self.s.keep_last)
-        distributed.barrier(self.ctx)
+        with self.writes():
+            if self.main:
+                path = self._write_checkpoint(ranks)
+        distributed.raise_if_failed(self.failure, self.ctx)  # also the barrier after the write
         self.last_checkpoint = path or self.last_checkpoint
+        return path
+
+    def _write_checkpoint(self, ranks: list) -> Path:
+        position = self.batches.position()
+        metrics = dict(self.last_eval) if self.last_eval_step == self.step else {}
+        path = checkpoint.save_checkpoint(
+            self.run_dir,
+            self.step,
+            {n: self.setup.modules[n] for n in self.setup.trained()},
+            self.config,
+            ema=self.ema.modules if self.ema is not None else None,
+            training_state={
+                "objectives": {n: o.state_dict() for n, o in self.opts.items()},
+                "ema": self.ema.state_dict() if self.ema is not None else None,
+                "batches": self.batches.state_dict(),
+                "guard": self.guard.state_dict(),
+                "ranks": ranks,
+            },
+            info={
+                "epoch": position.get("epoch", 0),
+                "data_position": position,
+                "world_size": self.ctx.world_size,
+                "skipped_updates": self.guard.skipped,
+                "metrics": metrics,
+            },
+            files=self.files,
+        )
+        if self.s.best_metric:
+            checkpoint.update_best(self.run_dir, path, self.s.best_metric, self.s.best_mode)
+        checkpoint.prune(self.run_dir, self.s.keep_last)
         return path
 
     # -- one update ----------------------------------------------------------------------
@@ -327,9 +374,10 @@ class _Run:
         }
         self.rows.append(row)
         if self.log is not None:
-            self.log.log(row)
-            if self.tb is not None:
-                self.tb.log(row, self.step)
+            with self.writes():
+                self.log.log(row)
+                if self.tb is not None:
+                    self.tb.log(row, self.step)
         return row
 
     def evaluate(self) -> None:
@@ -355,12 +403,13 @@ class _Run:
         self.last_eval_step = self.step
         self.eval_rows.append({"step": self.step, **self.last_eval})
         if self.eval_log is not None and self.last_eval:
-            self.eval_log.log({"step": self.step, **self.last_eval})
-            if images:
-                write_images(images, self.run_dir / "eval" / f"step_{self.step:08d}")
-            if self.tb is not None:
-                self.tb.log(self.last_eval, self.step, prefix="eval")
-                self.tb.images(images, self.step)
+            with self.writes():
+                self.eval_log.log({"step": self.step, **self.last_eval})
+                if images:
+                    write_images(images, self.run_dir / "eval" / f"step_{self.step:08d}")
+                if self.tb is not None:
+                    self.tb.log(self.last_eval, self.step, prefix="eval")
+                    self.tb.images(images, self.step)
 
 
 def fit(
@@ -385,14 +434,15 @@ def fit(
     NaN guard gives up.
     """
     s = settings
-    if s.deterministic:
+    if s.deterministic:  # cuBLAS needs a fixed workspace for deterministic matmuls
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
     run = _Run(setup, batches, s, run_dir, config, dist_ctx or DistContext(), files)
     run.resume()
     if run.main and run.run_dir is not None and s.tensorboard and run.step < s.steps:
         from medgen.train.engine.tensorboard_log import TensorBoardLog
 
-        run.tb = TensorBoardLog(run.run_dir / "tensorboard")
+        run.tb = TensorBoardLog(run.run_dir / "tensorboard", purge_step=run.step or None)
     window = LogWindow()
     start = time.perf_counter()
     bar = tqdm(
@@ -408,7 +458,7 @@ def fit(
     own_stop = stop is None
     try:
         with StopFlag() if own_stop else contextlib.nullcontext(stop) as flag:
-            if distributed.any_rank(flag.requested, run.ctx) and run.step < s.steps:
+            if distributed.any_rank(flag.requested, ctx=run.ctx) and run.step < s.steps:
                 raise Preempted(run.step, run.last_checkpoint, flag.signal_name or "signal")
             while run.step < s.steps:
                 t0 = time.perf_counter()
@@ -424,14 +474,18 @@ def fit(
                     window.reset()
                 if last or (s.eval_every and run.step % s.eval_every == 0):
                     run.evaluate()
-                stopping = distributed.any_rank(flag.requested, run.ctx)
+                stopping, failed = distributed.any_rank(
+                    flag.requested, run.failure is not None, ctx=run.ctx
+                )
+                if failed:
+                    distributed.raise_if_failed(run.failure, run.ctx)
                 every = s.checkpoint_every and run.step % s.checkpoint_every == 0
                 if every or last or stopping:
                     run.save()
                     if not (stopping or last):
                         # a signal that came during this save stops here, on this checkpoint,
                         # not after one more update and a second write (SIGKILL may be near)
-                        stopping = distributed.any_rank(flag.requested, run.ctx)
+                        stopping = distributed.any_rank(flag.requested, ctx=run.ctx)
                 if stopping and not last:
                     raise Preempted(run.step, run.last_checkpoint, flag.signal_name)
     finally:

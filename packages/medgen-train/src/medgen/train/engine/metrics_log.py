@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
+
+from medgen.data.cache.atomic import atomic_write_bytes
 
 
 def _number(text: str):
@@ -44,12 +47,16 @@ class MetricsLog:
             columns = reader.fieldnames
         self.rows = [r for r in rows if isinstance(r.get("step"), int) and r["step"] <= step]
         self.columns = list(columns) if columns else None
-        if self.columns is None:
-            return
-        with self.path.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=self.columns)
-            writer.writeheader()
-            writer.writerows(self.rows)
+        if self.columns is not None:
+            self._rewrite()
+
+    def _rewrite(self) -> None:
+        """The whole file from the rows in memory, replaced atomically (never half-written)."""
+        buf = io.StringIO(newline="")
+        writer = csv.DictWriter(buf, fieldnames=self.columns)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_bytes(self.path, buf.getvalue().encode())
 
     def log(self, row: dict) -> None:
         """Append ``row``; a key first seen now (an objective that starts later) extends the
@@ -62,12 +69,7 @@ class MetricsLog:
         self.rows.append(row)
         if new:
             self.columns += new
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            with tmp.open("w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=self.columns)
-                writer.writeheader()
-                writer.writerows(self.rows)
-            tmp.replace(self.path)
+            self._rewrite()
             return
         with self.path.open("a", newline="") as fh:
             csv.DictWriter(fh, fieldnames=self.columns).writerow(row)

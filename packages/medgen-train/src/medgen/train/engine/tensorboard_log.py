@@ -11,7 +11,7 @@ from medgen.train.errors import ConfigError
 class TensorBoardLog:
     """Scalars (``train/*``, ``eval/*``) and evaluation images (``images/*``)."""
 
-    def __init__(self, log_dir: str | Path) -> None:
+    def __init__(self, log_dir: str | Path, purge_step: int | None = None) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as exc:
@@ -19,7 +19,8 @@ class TensorBoardLog:
                 "training.tensorboard=true needs the 'tensorboard' package "
                 "(pip install tensorboard), or set training.tensorboard=false"
             ) from exc
-        self.writer = SummaryWriter(log_dir=str(log_dir))
+        # purge_step: a resumed run drops the events a killed run logged after its checkpoint
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
     def log(self, row: dict, step: int, prefix: str = "train") -> None:
         """Every finite number of ``row`` as ``prefix/key``."""

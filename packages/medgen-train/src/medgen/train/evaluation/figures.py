@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-BUCKET = re.compile(r"^loss_t\d+$")
+BUCKET = re.compile(r"^loss_bucket\d+$")
 
 
 def middle_slice(a: np.ndarray) -> np.ndarray:

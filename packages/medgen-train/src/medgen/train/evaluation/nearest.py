@@ -38,14 +38,22 @@ class SampleScore:
         return self.laplacian_ratio > SPECKLE_RATIO
 
 
-def _candidates(b: int, c: int, ref_bins, ref_classes) -> tuple[np.ndarray, str]:
-    same = np.flatnonzero((ref_bins == b) & (ref_classes == c))
+def _candidates(b: int, c: int, ref_bins, ref_classes, pool) -> tuple[np.ndarray, str]:
+    same = np.flatnonzero((ref_bins == b) & (ref_classes == c) & pool)
     if same.size:
         return same, "bin+class"
-    same = np.flatnonzero(ref_bins == b)
+    same = np.flatnonzero((ref_bins == b) & pool)
     if same.size:
         return same, "bin"
-    return np.arange(len(ref_bins)), "all"
+    return np.flatnonzero(pool), "all"
+
+
+def _valid_box(valid: np.ndarray) -> tuple[slice, ...]:
+    """The bounding box of a validity mask (the real data inside a padded volume)."""
+    where = np.nonzero(valid)
+    if not where[0].size:
+        return tuple(slice(None) for _ in valid.shape)
+    return tuple(slice(int(w.min()), int(w.max()) + 1) for w in where)
 
 
 def score_samples(
@@ -57,19 +65,37 @@ def score_samples(
     ref_masks: np.ndarray | None,
     ref_bins: np.ndarray,
     ref_classes: np.ndarray,
+    modes: np.ndarray | None = None,
+    ref_modes: np.ndarray | None = None,
+    ref_valid: np.ndarray | None = None,
 ) -> list[SampleScore]:
     """Score samples (N, C, *spatial) against reference items (M, C, *spatial) in [-1, 1];
-    masks (N, *spatial) / (M, *spatial) are boolean (or None)."""
+    masks (N, *spatial) / (M, *spatial) are boolean (or None). With ``modes`` a sample is
+    compared only with items of its own mode (modality); with ``ref_valid`` (M, *spatial) the
+    scores are taken inside the nearest item's valid box (padded volumes)."""
     if images.shape[1:] != ref_images.shape[1:]:
         raise ValueError(
             f"samples {images.shape[1:]} and reference items {ref_images.shape[1:]} differ in "
             "channels or size"
         )
     out = []
+    everything = np.ones(len(ref_bins), dtype=bool)
     for i in range(len(images)):
-        members, matched = _candidates(int(bins[i]), int(classes[i]), ref_bins, ref_classes)
+        pool = everything if modes is None else ref_modes == modes[i]
+        if not pool.any():
+            raise ValueError(f"no reference item of mode {int(modes[i])} to compare with")
+        members, matched = _candidates(int(bins[i]), int(classes[i]), ref_bins, ref_classes, pool)
         j = int(members[nearest_index(images[i], ref_images[members])])
         x, r = images[i], ref_images[j]
+        m, rm = (
+            (masks[i] if masks is not None else None),
+            (ref_masks[j] if ref_masks is not None else None),
+        )
+        if ref_valid is not None:
+            box = _valid_box(ref_valid[j])
+            x, r = x[(slice(None), *box)], r[(slice(None), *box)]
+            m = m[box] if m is not None else None
+            rm = rm[box] if rm is not None else None
         channels = range(x.shape[0])
         ratios = [laplacian_energy(x[c]) / max(laplacian_energy(r[c]), 1e-12) for c in channels]
         out.append(
@@ -81,9 +107,7 @@ def score_samples(
                 matched_on=matched,
                 psnr=float(np.mean([psnr(x[c], r[c]) for c in channels])),
                 ssim=float(np.mean([ssim(x[c], r[c]) for c in channels])),
-                dice=dice(masks[i], ref_masks[j])
-                if masks is not None and ref_masks is not None
-                else None,
+                dice=dice(m, rm) if m is not None and rm is not None else None,
                 laplacian_ratio=float(np.mean(ratios)),
             )
         )

@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+from medgen.data.cache.atomic import atomic_write_bytes
 from medgen.train.engine.metrics_log import read_rows
 from medgen.train.evaluation import figures
 from medgen.train.reports.evaluation import evaluation_table
@@ -93,11 +94,13 @@ def write_run_report(
     psnr_keys = [k for k in (eval_rows[0] if eval_rows else {}) if k.startswith("x0_psnr_t")]
     if psnr_keys:
         strategy = getattr(run.config.task, "strategy", None)
-        t_max = strategy.schedule.num_train_timesteps if strategy.kind == "ddpm" else 1.0
+        schedule = getattr(strategy, "schedule", None)
+        t_max = schedule.num_train_timesteps if schedule is not None else 1.0
         figures.x0_psnr_plot(fig_dir / "x0_psnr.png", eval_rows, t_max)
         n = len(psnr_keys)
         lines += [
-            "## x0-prediction PSNR per timestep bucket (EMA weights, held-out items)",
+            f"## x0-prediction PSNR per timestep bucket (EMA weights, split "
+            f"`{run.config.data.eval_split}`)",
             "",
             "| step | val loss | " + " | ".join(f"t{k}" for k in range(n)) + " |",
             "|---" * (n + 2) + "|",
@@ -151,7 +154,5 @@ def write_run_report(
             "",
         ]
     path = run_dir / "report.md"
-    tmp = run_dir / f".report.md.{os.getpid()}"
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, "\n".join(lines).encode())
     return path

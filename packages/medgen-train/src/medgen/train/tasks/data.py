@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated
 
-from medgen.data import CacheDataset, CacheRecipe, ResumableBatchSampler, read_manifest
+from medgen.data import CacheDataset, CacheRecipe, DataError, ResumableBatchSampler, read_manifest
 from medgen.train.config.schema import Preset, read_yaml, setting, to_dict
 from medgen.train.engine.batches import LoaderBatches
 from medgen.train.engine.distributed import DistContext
@@ -28,18 +28,18 @@ from medgen.train.errors import ConfigError
 RECIPES = Path(__file__).resolve().parents[1] / "configs" / "recipes"
 
 
+def find_recipe(name: str, key: str = "data.recipe") -> Path:
+    """A recipe file at path ``name``, or the bundled recipe ``configs/recipes/<name>.yaml``."""
+    for path in (Path(name), RECIPES / f"{name}.yaml"):
+        if path.is_file():
+            return path
+    known = ", ".join(sorted(p.stem for p in RECIPES.glob("*.yaml")))
+    raise ConfigError(f"{key}: {name!r} is neither a bundled recipe ({known}) nor a file")
+
+
 def recipe_preset(name: str) -> dict:
-    """The mapping of bundled recipe ``name`` (``configs/recipes/<name>.yaml``) or of the
-    cache YAML file at path ``name``."""
-    path = RECIPES / f"{name}.yaml"
-    if not path.is_file():
-        path = Path(name)
-        if not path.is_file():
-            known = ", ".join(sorted(p.stem for p in RECIPES.glob("*.yaml")))
-            raise ConfigError(
-                f"data.recipe: {name!r} is neither a bundled recipe ({known}) nor a file"
-            )
-    return read_yaml(path)
+    """The mapping of recipe ``name`` (see :func:`find_recipe`)."""
+    return read_yaml(find_recipe(name))
 
 
 def default_cache_root() -> Path:
@@ -76,6 +76,11 @@ class DataSection:
         """Cross-field rules."""
         if not self.cache and self.recipe is None:
             raise ConfigError("cache: name the cache directory, or give data.recipe")
+        if self.cache and self.recipe is not None:
+            raise ConfigError(
+                f"cache: {self.cache!r} and data.recipe are both set; give one (a recipe builds "
+                "its own cache, at data.recipe.out)"
+            )
         if not self.train_split:
             raise ConfigError("train_split: must name a split of the cache (e.g. train)")
         if self.group_by_mode and self.modality_as != "mode":
@@ -85,7 +90,7 @@ class DataSection:
 
     def cache_dir(self) -> Path:
         """The cache directory this section resolves to."""
-        if self.cache:
+        if self.recipe is None:
             return Path(self.cache)
         if self.recipe.out:
             return Path(self.recipe.out)
@@ -93,10 +98,15 @@ class DataSection:
 
 
 def with_recipe_out(data: DataSection) -> DataSection:
-    """``data`` with ``recipe.out`` set to where the recipe's cache goes."""
+    """``data`` with the recipe's sources as absolute paths (the same recipe run from another
+    directory names other files) and ``recipe.out`` set to where its cache goes."""
     from dataclasses import replace
 
-    if data.recipe is None or data.recipe.out:
+    if data.recipe is None:
+        return data
+    sources = tuple(s if s == "mni152" else str(Path(s).absolute()) for s in data.recipe.sources)
+    data = replace(data, recipe=replace(data.recipe, sources=sources))
+    if data.recipe.out:
         return data
     return replace(data, recipe=replace(data.recipe, out=str(data.cache_dir())))
 
@@ -116,6 +126,7 @@ class DataDescription:
     n_modes: int  # 0 unless modality_as=mode
     shape: list[int]  # spatial shape of an item (after a crop)
     spacing: list[float]  # mm, (z, y, x)
+    orientation: str = ""  # the cache's canonical orientation (LPS / RAS), "" if it kept axes
     splits: dict = field(
         default_factory=dict
     )  # name -> {n_items, counts_per_bin, counts_per_class}
@@ -164,6 +175,7 @@ def describe(manifest: dict, data: DataSection, cache: Path) -> DataDescription:
         n_modes=len(modalities) if mode else 0,
         shape=[int(s) for s in spatial],
         spacing=[float(s) for s in manifest["spacing"]],
+        orientation=manifest["recipe"].get("orientation", ""),
         splits={
             name: {k: v for k, v in split.items() if k != "subjects"}
             for name, split in manifest["splits"].items()
@@ -217,23 +229,26 @@ def make_batches(
     ctx: DistContext,
     cuda: bool,
 ) -> LoaderBatches:
-    """The training batch source over ``dataset`` (resumable, sharded over ranks)."""
-    n = len(dataset)
-    if batch_size * ctx.world_size > n * data.oversample:
-        raise ConfigError(
-            f"training.batch_size: {batch_size} x {ctx.world_size} rank(s) exceeds the {n} "
-            f"items of split {data.train_split!r}"
+    """The training batch source over ``dataset`` (resumable, sharded over ranks); every
+    class >= 1 is oversampled ``data.oversample`` times."""
+    labels = dataset.labels()
+    try:
+        sampler = ResumableBatchSampler(
+            len(dataset),
+            batch_size,
+            seed=seed,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+            labels=labels if data.oversample > 1 else None,
+            oversample=data.oversample,
+            positive=tuple(range(1, int(labels.max()) + 1)) or (1,),
+            groups=dataset.groups() if data.group_by_mode else None,
         )
-    sampler = ResumableBatchSampler(
-        n,
-        batch_size,
-        seed=seed,
-        rank=ctx.rank,
-        world_size=ctx.world_size,
-        labels=dataset.labels() if data.oversample > 1 else None,
-        oversample=data.oversample,
-        groups=dataset.groups() if data.group_by_mode else None,
-    )
+    except DataError as exc:  # e.g. no full global batch in an epoch
+        raise ConfigError(
+            f"training.batch_size: {batch_size} x {ctx.world_size} rank(s) does not fit split "
+            f"{data.train_split!r} of {len(dataset)} items ({' '.join(str(exc).split())})"
+        ) from None
     return LoaderBatches(
         dataset,
         sampler,

@@ -29,6 +29,7 @@ class NetworkSpec:
     null_token: bool = False
     num_modes: int | None = None
     prior_channels: int = 0
+    prior_modes: tuple[str, ...] = ()  # resize mode per prior channel (nearest, linear, area)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class UNetConfig:
                 null_token=spec.null_token,
                 num_modes=spec.num_modes,
                 prior_channels=spec.prior_channels,
+                prior_modes=spec.prior_modes or "nearest",
                 channels=self.channels,
                 attention_levels=self.attention_levels,
                 num_res_blocks=self.num_res_blocks,

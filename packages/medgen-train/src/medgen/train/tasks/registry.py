@@ -3,7 +3,8 @@
 A task is registered once, by name, with the dataclass of its ``task:`` section, a
 ``build(context)`` that returns the :class:`medgen.train.engine.TrainingSetup` (modules,
 objectives, evaluators, state) for the data at hand, and optionally a ``generator(config,
-description, device)`` that rebuilds the trained model for ``medgen-train sample``.
+description, device)`` that rebuilds the trained model for ``medgen-train sample`` and a
+``check_run(config)`` for rules that tie its section to the others (``sample``).
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ class TaskSpec:
 
     kind: str
     config: type
-    build: Callable[[BuildContext], tuple[Any, Any]]  # -> (TrainingSetup, the task's model)
-    generator: Callable[..., Any] | None = None
+    build: Callable[[BuildContext], Any]  # -> TrainingSetup
+    generator: Callable[..., Any] | None = None  # (config, description, device) -> generator
+    check_run: Callable[[Any], None] | None = None  # rules between task and other sections
 
 
 TASKS: dict[str, TaskSpec] = {}
@@ -50,8 +52,3 @@ def register(spec: TaskSpec) -> TaskSpec:
     TASKS[spec.kind] = spec
     TASK_CONFIGS[spec.kind] = spec.config
     return spec
-
-
-def get(kind: str) -> TaskSpec:
-    """The registered task ``kind``."""
-    return TASKS[kind]

@@ -80,16 +80,8 @@ class ChannelLayout:
         idx = [i for i, n in enumerate(self.generate) if n != "mask"]
         return idx or list(range(len(self.generate)))
 
-    def latent_groups(self, space_kind: str, spatial_dims: int, factor: int = 2) -> dict:
-        """Generated channel name -> indices of the latent channels that hold it."""
-        c = len(self.generate)
-        k = (2 if space_kind == "wavelet" else factor) ** spatial_dims
-        groups = {}
-        for i, name in enumerate(self.generate):
-            if space_kind == "pixel":
-                groups[name] = [i]
-            elif space_kind == "wavelet":  # subband-major: channel s*C + c
-                groups[name] = [s * c + i for s in range(k)]
-            else:  # space-to-depth, channel-major: channel c*r^d + offset
-                groups[name] = [i * k + j for j in range(k)]
-        return groups
+    def latent_groups(self, space) -> dict[str, list[int]]:
+        """Generated channel name -> the channels of ``space``'s encoding that hold it ({} when
+        the space mixes channels: then only the total loss is logged)."""
+        groups = space.channel_groups(len(self.generate))
+        return {} if groups is None else dict(zip(self.generate, groups, strict=True))

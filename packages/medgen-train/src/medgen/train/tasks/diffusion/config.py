@@ -45,10 +45,7 @@ SCHEDULES = {name: _schedule_config(name, fn) for name, fn in schedules.SCHEDULE
 def build_schedule(cfg) -> schedules.NoiseSchedule:
     """The schedule a schedule section describes."""
     params = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "kind"}
-    try:
-        return schedules.make(cfg.kind, **params)
-    except ValueError as exc:
-        raise ConfigError(f"task.strategy.schedule: {exc}") from None
+    return schedules.make(cfg.kind, **params)
 
 
 @dataclass(frozen=True)
@@ -63,11 +60,18 @@ class DDPMConfig:
     min_snr_gamma: float | None = setting(5.0, gt=0)  # null: plain MSE on the target
 
     def validate(self) -> None:
-        """Epsilon prediction is undefined at zero terminal SNR."""
+        """The schedule must build, and suit the prediction (epsilon is undefined at zero
+        terminal SNR, or wherever the last beta is 1)."""
         if self.prediction == "epsilon" and self.schedule.zero_terminal_snr:
             raise ConfigError(
                 "prediction: epsilon cannot recover x0 at zero terminal SNR; use v or sample"
             )
+        try:
+            self.build()
+        except ConfigError:
+            raise
+        except ValueError as exc:
+            raise ConfigError(f"schedule: {' '.join(str(exc).split())}") from None
 
     def build(self) -> DDPM:
         """The strategy."""
@@ -84,6 +88,13 @@ class FlowConfig:
     logit_mean: float = 0.0
     logit_std: float = setting(1.0, gt=0)
     time_scale: float = setting(1000.0, gt=0)
+
+    def validate(self) -> None:
+        """The strategy must build."""
+        try:
+            self.build()
+        except ValueError as exc:
+            raise ConfigError(f"{' '.join(str(exc).split())}") from None
 
     def build(self) -> RectifiedFlow:
         """The strategy."""
@@ -162,6 +173,17 @@ class DiffusionConfig:
         both = sorted(set(self.generate) & set(self.priors))
         if both:
             raise ConfigError(f"priors: {both} also listed in generate")
+        if self.cond_dropout and not self.tokens:
+            raise ConfigError(
+                f"cond_dropout: {self.cond_dropout} drops tokens, but tokens is false; set "
+                "task.tokens=true or task.cond_dropout=0"
+            )
+        steps = getattr(getattr(self.strategy, "schedule", None), "num_train_timesteps", None)
+        if steps is not None and self.eval_buckets > steps:
+            raise ConfigError(
+                f"eval_buckets: {self.eval_buckets} buckets over {steps} timesteps; expected at "
+                "most one bucket per timestep"
+            )
         if self.space.kind != "pixel" and self.clip_x0 is not None:
             raise ConfigError(
                 f"clip_x0: clipping x0 applies to pixel space, not the {self.space.kind!r} "

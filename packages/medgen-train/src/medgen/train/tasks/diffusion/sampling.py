@@ -1,9 +1,11 @@
 """Sampling a trained diffusion run: what to generate (a plan of tokens, modes and priors), and
 the sampler loop with every step checked for finiteness.
 
-Sample i starts from noise drawn from its own seed (``SeedSequence([seed, i])``), so a sample
-does not depend on the batch size or on which other samples are drawn with it. A NaN or inf
-in any step stops sampling with an error naming the batch, the step and the timestep.
+Sample i starts from noise drawn from its own seed (``SeedSequence([seed, i])``), so with a
+deterministic sampler (DDIM eta 0, Euler, Heun) a sample does not depend on the batch size or
+on which other samples are drawn with it; the step noise of stochastic samplers (DDPM, DDIM
+eta > 0) is drawn per batch. A NaN or inf in any step stops sampling with an error naming the
+samples, the step and the timestep.
 """
 
 from __future__ import annotations
@@ -37,18 +39,37 @@ class Plan:
         return int(self.token.shape[0])
 
 
-@dataclass(frozen=True)
-class SamplerSettings:
-    """How to sample (the run's ``sample:`` section, overridden by the command line)."""
+def resolve_sampler(strategy_kind: str, name: str, key: str = "sample.sampler") -> str:
+    """The sampler ``name`` stands for (``auto``: ddim for DDPM, euler for rectified flow);
+    a ConfigError naming ``key`` when it cannot sample that strategy."""
+    if name == "auto":
+        return "ddim" if strategy_kind == "ddpm" else "euler"
+    allowed = DDPM_SAMPLERS if strategy_kind == "ddpm" else FLOW_SAMPLERS
+    if name not in allowed:
+        raise ConfigError(
+            f"{key}: {name!r} does not sample a {strategy_kind!r} model; use auto or one of "
+            f"{', '.join(allowed)}"
+        )
+    return name
 
-    sampler: str = "auto"
-    steps: int = 50
-    eta: float = 0.0
-    spacing: str = "trailing"
-    guidance: float | None = None
-    clip_x0: float | None = None
-    batch_size: int = 32
-    seed: int = 0
+
+def check_run(config, key: str = "sample") -> None:
+    """What a run's ``sample`` section (or ``sample``'s flags, ``key`` "--...") must satisfy for
+    its diffusion task: a sampler of the strategy, guidance only with a null token, DDPM steps
+    within the schedule."""
+    task, s = config.task, config.sample
+    strategy = task.strategy
+    resolve_sampler(strategy.kind, s.sampler, f"{key}.sampler" if key == "sample" else "--sampler")
+    if s.guidance is not None and not task.cond_dropout:
+        raise ConfigError(
+            f"{key}.guidance: classifier-free guidance needs a null token; train with "
+            "task.cond_dropout > 0 (e.g. 0.1)"
+        )
+    if strategy.kind == "ddpm" and s.steps > strategy.schedule.num_train_timesteps:
+        raise ConfigError(
+            f"{key}.steps: {s.steps} sampling steps exceed the schedule's "
+            f"{strategy.schedule.num_train_timesteps} timesteps"
+        )
 
 
 def _values(given: list[int] | None, n: int, what: str, key: str) -> list[int]:
@@ -72,6 +93,10 @@ class DiffusionGenerator:
         """Rebuild the run's strategy, space and network from its config and data.json."""
         model = DiffusionModel.build(config.task, config.model, description, device)
         return cls(model, device)
+
+    def sampler_name(self, s) -> str:
+        """The sampler the ``sample`` section ``s`` asks for (``auto`` resolved)."""
+        return resolve_sampler(self.model.strategy.kind, s.sampler, "--sampler")
 
     def modules(self) -> dict[str, torch.nn.Module]:
         """The modules whose (EMA) weights a checkpoint provides."""
@@ -123,19 +148,13 @@ class DiffusionGenerator:
 
     @torch.no_grad()
     def generate(
-        self, plan: Plan, s: SamplerSettings, on_batch: Callable[[int], None] | None = None
+        self, plan: Plan, s, clip_x0: float | None = None, on_batch: Callable | None = None
     ) -> np.ndarray:
-        """Samples (N, C, *spatial) float32 in data space, images clamped to [-1, 1]."""
+        """Samples (N, C, *spatial) float32 in data space, images clamped to [-1, 1]; ``s`` is
+        a run's ``sample`` section (sampler, steps, eta, spacing, guidance, batch size, seed),
+        ``clip_x0`` the pixel-space x0 bound of DDPM samplers."""
         m = self.model
-        sampler = s.sampler
-        if sampler == "auto":
-            sampler = "ddim" if m.strategy.kind == "ddpm" else "euler"
-        allowed = DDPM_SAMPLERS if m.strategy.kind == "ddpm" else FLOW_SAMPLERS
-        if sampler not in allowed:
-            raise ConfigError(
-                f"--sampler: {sampler!r} does not sample a {m.strategy.kind!r} model; use one "
-                f"of {', '.join(allowed)}"
-            )
+        sampler = resolve_sampler(m.strategy.kind, s.sampler, "--sampler")
         if s.guidance is not None and m.null_token is None:
             raise ConfigError(
                 "--guidance: this run was trained without conditioning dropout "
@@ -181,7 +200,7 @@ class DiffusionGenerator:
                 null_token=m.null_token if s.guidance is not None else None,
             )
             if sampler in DDPM_SAMPLERS:
-                kwargs.update(spacing=s.spacing, clip_x0=s.clip_x0)
+                kwargs.update(spacing=s.spacing, clip_x0=clip_x0)
             if sampler == "ddim":
                 kwargs["eta"] = s.eta
             z = samplers.SAMPLERS[sampler](

@@ -85,10 +85,9 @@ class DiffusionModel:
             null_token=cfg.cond_dropout > 0,
             num_modes=description.n_modes or None,
             prior_channels=len(layout.priors),
+            prior_modes=tuple(layout.prior_modes()),
         )
         network = model_cfg.build(spec).to(device)
-        if layout.priors:
-            network.prior_modes = tuple(layout.prior_modes())
         return cls(cfg, description, layout, strategy, space, network, num_tokens, latent)
 
     @property
@@ -132,9 +131,7 @@ class DiffusionModel:
         out = net(x_t, self.strategy.model_time(t).to(x0.device), cond)
         target = self.strategy.training_target(x0, noise, t)
         w = self.weights(t, x0)
-        groups = self.layout.latent_groups(
-            self.cfg.space.kind, self.description.spatial_dims, getattr(self.cfg.space, "factor", 2)
-        )
+        groups = self.layout.latent_groups(self.space)
         m = valid if valid is not None else None
         losses = diffusion_loss(out, target, weight=w, mask=m, channels=groups, kind=self.cfg.loss)
         err = (out.detach().float() - target.float()) ** 2
@@ -173,7 +170,7 @@ class DiffusionTask:
         per_sample = per_sample.cpu()
         for k in range(n):
             sel = bucket == k
-            logs[f"loss_t{k}"] = (float(per_sample[sel].sum()), float(sel.sum()))
+            logs[f"loss_bucket{k}"] = (float(per_sample[sel].sum()), float(sel.sum()))
         return losses["loss"], logs
 
     def state_dict(self) -> dict:
@@ -197,7 +194,7 @@ class DiffusionEvaluator:
 
     def metric_names(self) -> tuple[str, ...]:
         """What :meth:`summarize` reports."""
-        groups = [f"val_loss_{g}" for g in self.model.layout.generate]
+        groups = [f"val_loss_{g}" for g in self.model.layout.latent_groups(self.model.space)]
         buckets = [f"x0_psnr_t{k}" for k in range(self.model.cfg.eval_buckets)]
         return ("val_loss", *groups, *buckets)
 
@@ -209,9 +206,9 @@ class DiffusionEvaluator:
         if bucket is None:
             return g, s.sample_timesteps(1, g)
         n = self.model.cfg.eval_buckets
-        if s.kind == "ddpm":
+        if s.kind == "ddpm":  # the t with floor(t n / T) == bucket, as bucket() assigns them
             T = s.num_train_timesteps
-            lo, hi = bucket * T // n, max(bucket * T // n + 1, (bucket + 1) * T // n)
+            lo, hi = -(-bucket * T // n), -(-(bucket + 1) * T // n)
             return g, torch.randint(lo, hi, (1,), generator=g)
         u = torch.rand((1,), generator=g, dtype=torch.float64)
         return g, ((bucket + u) / n).clamp(max=1.0).float()
@@ -255,7 +252,7 @@ class DiffusionEvaluator:
             t, noise = self._noise(chunk, None, x0)  # fixed per item: evaluations compare
             losses, per_sample = m.losses(net, batch, t, noise, x0, valid, cond)
             add("val_loss", float(per_sample.sum()), len(chunk))
-            for name in m.layout.generate:
+            for name in m.layout.latent_groups(m.space):
                 add(f"val_loss_{name}", float(losses[name]) * len(chunk), len(chunk))
             truth = m.layout.x0(batch)[:, m.layout.image_indices()].float()
             weight = batch.get("valid")
@@ -301,7 +298,7 @@ def _grid(columns: list[torch.Tensor]) -> np.ndarray:
     return (np.concatenate(cols, axis=1) + 1) / 2
 
 
-def build_setup(ctx) -> tuple[TrainingSetup, DiffusionModel]:
+def build_setup(ctx) -> TrainingSetup:
     """The training setup of a ``diffusion`` task for a build context."""
     cfg = ctx.config.task
     model = DiffusionModel.build(cfg, ctx.config.model, ctx.description, ctx.device)
@@ -318,4 +315,4 @@ def build_setup(ctx) -> tuple[TrainingSetup, DiffusionModel]:
         evaluators=evaluators,
         state=task,
     )
-    return setup, model
+    return setup
