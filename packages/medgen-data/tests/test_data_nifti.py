@@ -69,3 +69,42 @@ def test_truncated_uncompressed_file(tmp_path):
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(DataError, match="cut.nii: truncated"):
         read_nifti(path)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs (root only): the place to run out of disk space."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    path = tmp_path / "disk"
+    path.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)],
+                          capture_output=True)  # fmt: skip
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=False)
+
+
+@pytest.mark.parametrize("name", ["scan.nii", "scan.nii.gz"])
+def test_a_full_disk_never_replaces_a_good_file(small_disk, name):
+    """SimpleITK only prints 'wrote only 0 of N bytes' and returns; the read-back catches it
+    and the good file stays."""
+    import numpy as np
+
+    from medgen.data import DataError, Volume, read_nifti, write_nifti
+
+    good = Volume(np.ones((4, 8, 8), np.float32), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3))
+    target = write_nifti(good, small_disk / name)
+    rng = np.random.default_rng(0)  # incompressible: 2 MiB do not fit, gzipped or not
+    big = Volume(rng.random((8, 256, 256), dtype=np.float32), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0),
+                 np.eye(3))  # fmt: skip
+    with pytest.raises(DataError, match=name):
+        write_nifti(big, target)
+    assert np.array_equal(read_nifti(target).array, good.array)
+    assert [p.name for p in small_disk.iterdir()] == [name]  # no temporary file left

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import zlib
@@ -24,50 +25,128 @@ def _pseudonym(path: Path, salt: str | None = None) -> str:
     return pseudonym(f"nifti:{path.name}", salt)
 
 
-def _raw_bytes(path: Path) -> bytes:
-    """The uncompressed file content; a truncated or corrupt gzip stream is a DataError."""
-    if not path.name.endswith(".gz"):
-        return path.read_bytes()
-    try:
-        with gzip.open(path, "rb") as fh:
-            return fh.read()
-    except (EOFError, OSError, zlib.error) as exc:
-        raise DataError(f"{path}: truncated or corrupt gzip stream ({exc})") from exc
-
-
 _FLOAT_TYPES = {16: "f4", 64: "f8"}  # NIfTI datatype codes FLOAT32, FLOAT64
+# datatype code -> bits per voxel (NIfTI-1 nifti1.h)
+_BITPIX = {2: 8, 4: 16, 8: 32, 16: 32, 32: 64, 64: 64, 128: 24, 256: 8, 512: 16, 768: 32,
+           1024: 64, 1280: 64, 1536: 128, 1792: 128, 2048: 256, 2304: 32}  # fmt: skip
+DEFLATE_MAX_RATIO = 1032  # a deflate stream never inflates to more than ~1032x its size
+DEFAULT_MAX_BYTES = 16 * 2**30
 
 
-def check_raw(path: Path) -> None:
-    """Fail when the voxel data is shorter than the NIfTI-1 header says, or not finite.
+def max_bytes_default() -> int:
+    """The voxel-data budget of a NIfTI file: ``$MEDGEN_MAX_NIFTI_BYTES`` or 16 GiB."""
+    return int(os.environ.get("MEDGEN_MAX_NIFTI_BYTES", DEFAULT_MAX_BYTES))
 
-    SimpleITK zero-fills (or reads garbage past) a truncated file without complaint, which
-    would put a half-black volume into a training cache. Its NIfTI reader (ITK < 6) also
-    silently replaces NaN and +-Inf voxels with 0 (ITK pull request 6683), so non-finite
-    float voxels are looked for here, in the bytes on disk.
-    """
-    raw = _raw_bytes(path)
+
+def _header(path: Path, raw: bytes) -> tuple[str, dict] | None:
+    """The NIfTI-1 header fields MedGen checks, or None for NIfTI-2 / not NIfTI."""
     if len(raw) < 348:
         raise DataError(f"{path}: {len(raw)} bytes, shorter than a NIfTI header")
     for endian in ("<", ">"):
         if struct.unpack(endian + "i", raw[:4])[0] == 348:
             break
     else:
-        return  # NIfTI-2 or not NIfTI at all: SimpleITK decides below
-    dims = struct.unpack(endian + "8h", raw[40:56])
-    datatype, bitpix = struct.unpack(endian + "2h", raw[70:74])
-    vox_offset = int(struct.unpack(endian + "f", raw[108:112])[0])
-    n_voxels = 1
-    for d in dims[1 : 1 + max(0, min(dims[0], 7))]:
-        n_voxels *= max(1, d)
-    expected = max(vox_offset, 348) + n_voxels * bitpix // 8
+        return None  # NIfTI-2 or not NIfTI at all: SimpleITK decides below
+    u = struct.unpack
+    return endian, {
+        "dim": u(endian + "8h", raw[40:56]),
+        "datatype": u(endian + "h", raw[70:72])[0],
+        "bitpix": u(endian + "h", raw[72:74])[0],
+        "pixdim": u(endian + "8f", raw[76:108]),
+        "vox_offset": u(endian + "f", raw[108:112])[0],
+        "scl_slope": u(endian + "f", raw[112:116])[0],
+        "scl_inter": u(endian + "f", raw[116:120])[0],
+        "qform_code": u(endian + "h", raw[252:254])[0],
+        "sform_code": u(endian + "h", raw[254:256])[0],
+        "magic": raw[344:348],
+    }
+
+
+def _check_header(path: Path, h: dict) -> int:
+    """One-line DataErrors for header fields that make no sense; returns the data's end
+    offset (``vox_offset`` + voxel bytes) the header promises."""
+    dim = h["dim"]
+    if h["magic"] not in (b"n+1\0", b"ni1\0"):
+        raise DataError(f"{path}: magic {h['magic']!r} is not NIfTI-1's 'n+1'")
+    if not 1 <= dim[0] <= 7 or any(d < 1 for d in dim[1 : 1 + dim[0]]):
+        raise DataError(f"{path}: dim {list(dim)}: expected dim[0] in 1..7 and sizes >= 1")
+    expected_bits = _BITPIX.get(h["datatype"])
+    if expected_bits is None:
+        raise DataError(f"{path}: datatype {h['datatype']} is not a NIfTI-1 datatype code")
+    if h["bitpix"] != expected_bits:
+        raise DataError(
+            f"{path}: bitpix {h['bitpix']} does not match datatype {h['datatype']} "
+            f"({expected_bits} bits)"
+        )
+    spatial = h["pixdim"][1 : 1 + min(dim[0], 3)]
+    if not all(math.isfinite(p) and p > 0 for p in spatial):
+        raise DataError(f"{path}: pixdim {list(spatial)}: voxel sizes must be positive numbers")
+    for key in ("vox_offset", "scl_slope", "scl_inter"):
+        if not math.isfinite(h[key]):
+            raise DataError(f"{path}: {key} = {h[key]}: expected a finite number")
+    if h["magic"] == b"n+1\0" and h["vox_offset"] < 352:
+        raise DataError(f"{path}: vox_offset {h['vox_offset']}: a .nii file needs >= 352")
+    for key in ("qform_code", "sform_code"):
+        if not 0 <= h[key] <= 4:
+            raise DataError(f"{path}: {key} = {h[key]}: expected 0..4")
+    n_voxels = math.prod(dim[1 : 1 + dim[0]])
+    return int(h["vox_offset"]) + n_voxels * h["bitpix"] // 8
+
+
+def _read_limited(path: Path, max_bytes: int) -> tuple[bytes, dict | None, str]:
+    """The header and voxel bytes of ``path``, decompressed no further than the header says
+    (and refused before inflating when that exceeds ``max_bytes`` or what the compressed
+    size can hold)."""
+    gz = path.name.endswith(".gz")
+    opener = gzip.open if gz else open
+    try:
+        with opener(path, "rb") as fh:
+            head = fh.read(348)
+            parsed = _header(path, head)
+            if parsed is None:
+                return head + fh.read(), None, "<"  # NIfTI-2: SimpleITK reads it
+            endian, h = parsed
+            end = _check_header(path, h)
+            limit = min(max_bytes, path.stat().st_size * DEFLATE_MAX_RATIO) if gz else max_bytes
+            if end > limit:
+                why = (
+                    f"more than {max_bytes} bytes (MEDGEN_MAX_NIFTI_BYTES)"
+                    if end > max_bytes
+                    else f"more than its {path.stat().st_size} compressed bytes can inflate to"
+                )
+                raise DataError(f"{path}: the header promises {end} bytes of data, {why}")
+            return head + fh.read(end - len(head)), h, endian
+    except (EOFError, zlib.error) as exc:
+        raise DataError(f"{path}: truncated or corrupt gzip stream ({exc})") from exc
+    except OSError as exc:
+        if gz:
+            raise DataError(f"{path}: truncated or corrupt gzip stream ({exc})") from exc
+        raise
+
+
+def check_raw(path: Path, max_bytes: int | None = None) -> None:
+    """Fail on a NIfTI-1 header that makes no sense, voxel data shorter than the header says,
+    or non-finite float voxels; decompress no more than the header promises.
+
+    SimpleITK zero-fills (or reads garbage past) a truncated file without complaint, which
+    would put a half-black volume into a training cache. Its NIfTI reader (ITK < 6) also
+    silently replaces NaN and +-Inf voxels with 0 (ITK pull request 6683), so non-finite
+    float voxels are looked for here, in the bytes on disk.
+    """
+    raw, h, endian = _read_limited(path, max_bytes_default() if max_bytes is None else max_bytes)
+    if h is None:
+        return
+    dim = h["dim"]
+    n_voxels = math.prod(dim[1 : 1 + dim[0]])
+    offset = int(h["vox_offset"])
+    expected = offset + n_voxels * h["bitpix"] // 8
     if len(raw) < expected:
         raise DataError(
             f"{path}: truncated: the header promises {expected} bytes of data, found {len(raw)}"
         )
-    if datatype in _FLOAT_TYPES:
+    if h["datatype"] in _FLOAT_TYPES:
         voxels = np.frombuffer(
-            raw, dtype=endian + _FLOAT_TYPES[datatype], count=n_voxels, offset=max(vox_offset, 348)
+            raw, dtype=endian + _FLOAT_TYPES[h["datatype"]], count=n_voxels, offset=offset
         )
         bad = int(np.count_nonzero(~np.isfinite(voxels)))
         if bad:
@@ -137,9 +216,11 @@ def read_nifti(
 def write_nifti(vol: Volume, path: str | Path) -> Path:
     """Write ``vol`` (float32 voxels, its geometry) to ``path`` (.nii or .nii.gz) atomically.
 
-    The file is written under a temporary name in the same directory, then renamed, so a
-    crash never leaves a partial file under ``path``. Nothing but voxels and geometry is
-    written (no description, no identifiers).
+    The file is written under a temporary name in the same directory, read back with
+    :func:`read_nifti` (SimpleITK reports a short write, e.g. on a full disk, only on stderr
+    and returns normally) and compared with ``vol``, then renamed: a failed write leaves the
+    old ``path`` untouched and raises. Nothing but voxels and geometry is written (no
+    description, no identifiers).
     """
     path = Path(path)
     if not path.name.endswith(NIFTI_SUFFIXES):
@@ -150,6 +231,15 @@ def write_nifti(vol: Volume, path: str | Path) -> Path:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
     try:
         sitk.WriteImage(to_sitk(vol), str(tmp), useCompression=suffix == ".nii.gz")
+        try:
+            back = read_nifti(tmp)
+        except DataError as exc:
+            raise DataError(f"{path}: the written file does not read back ({exc})") from None
+        expected = np.asarray(vol.array, dtype=np.float32)
+        if back.shape != vol.shape or not np.array_equal(back.array, expected):
+            raise DataError(f"{path}: the written file reads back different voxels")
+        if not np.allclose(back.spacing, vol.spacing, rtol=1e-5):
+            raise DataError(f"{path}: the written file reads back spacing {back.spacing}")
         os.replace(tmp, path)
     except (RuntimeError, OSError) as exc:
         raise DataError(f"{path}: cannot write NIfTI ({str(exc).strip().splitlines()[0]})") from exc

@@ -15,6 +15,7 @@ import sys
 import warnings
 
 from medgen.data import CacheRecipe, DataError, build_cache, verify_cache
+from medgen.train.commands.verb import add_overrides, add_quiet, add_verb
 from medgen.train.config.schema import load_config
 from medgen.train.errors import ConfigError
 from medgen.train.tasks.data import find_recipe
@@ -41,14 +42,9 @@ def _command(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add ``cache`` to the CLI."""
-    p = subparsers.add_parser(
-        "cache",
-        help="build a sharded slice / volume / pair cache from a recipe",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    help_ = "build a sharded slice / volume / pair cache from a recipe"
+    p = add_verb(subparsers, "cache", _command, help_, __doc__)
     p.add_argument("config", help="recipe YAML (CacheRecipe keys), or a bundled recipe name")
-    p.add_argument("overrides", nargs="*", help="overrides key=value (e.g. size=128)")
+    add_overrides(p, "key=value (e.g. size=128)")
     p.add_argument("--verify", action="store_true", help="only recheck the shard hashes")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_command, takes_overrides=True)
+    add_quiet(p)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from medgen.train.commands.verb import add_overrides, add_verb
 from medgen.train.config.fit import bundled_names, load_fit_config
 from medgen.train.config.schema import to_yaml
 from medgen.train.tasks.data import RECIPES
@@ -25,13 +26,8 @@ def _command(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add ``config`` to the CLI."""
-    p = subparsers.add_parser(
-        "config",
-        help="print a run config resolved with its defaults and overrides; --list the bundled",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    help_ = "print a run config resolved with its defaults and overrides; --list the bundled"
+    p = add_verb(subparsers, "config", _command, help_, __doc__)
     p.add_argument("config", nargs="?", help="YAML run config, or a bundled config name")
-    p.add_argument("overrides", nargs="*", help="overrides section.key=value")
+    add_overrides(p)
     p.add_argument("--list", action="store_true", help="list the bundled configs and recipes")
-    p.set_defaults(func=_command, takes_overrides=True)

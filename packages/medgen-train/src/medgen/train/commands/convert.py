@@ -10,21 +10,18 @@ import sys
 from pathlib import Path
 
 from medgen.train.commands.inspect import add_input_arguments, read_with_warnings
+from medgen.train.commands.verb import add_verb
 
 
 def register(subparsers) -> None:
     """Add ``convert`` to the CLI."""
-    conv = subparsers.add_parser(
-        "convert",
-        help="DICOM series / ZIP (or NIfTI) -> NIfTI with its geometry",
-        description=__doc__,
-    )
+    help_ = "DICOM series / ZIP (or NIfTI) -> NIfTI with its geometry"
+    conv = add_verb(subparsers, "convert", convert_command, help_, __doc__)
     add_input_arguments(conv)
     conv.add_argument("out", type=Path, help="output file ending in .nii or .nii.gz")
     conv.add_argument(
         "--orient", choices=("LPS", "RAS"), help="reorient the voxel axes first (lossless)"
     )
-    conv.set_defaults(func=convert_command)
 
 
 def convert_command(args) -> int:

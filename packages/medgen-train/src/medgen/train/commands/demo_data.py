@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 from medgen.data import write_demo_dataset
+from medgen.train.commands.verb import add_verb
 
 
 def _command(args: argparse.Namespace) -> int:
@@ -28,15 +29,10 @@ def _command(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add ``demo-data`` to the CLI."""
-    p = subparsers.add_parser(
-        "demo-data",
-        help="write a small multi-subject NIfTI + DICOM data set with lesions and a CSV",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    help_ = "write a small multi-subject NIfTI + DICOM data set with lesions and a CSV"
+    p = add_verb(subparsers, "demo-data", _command, help_, __doc__)
     p.add_argument("out", help="output directory (created)")
     p.add_argument("--subjects", type=int, default=6, help="number of subjects (default 6)")
     p.add_argument("--dicom", type=int, help="subjects written as DICOM (default: 2)")
     p.add_argument("--spacing", type=float, default=2.0, help="voxel size in mm (default 2)")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_command)

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from medgen.data import CacheDataset, DataError
 from medgen.train.commands.sample import MANIFEST, parse_reference
+from medgen.train.commands.verb import add_fresh, add_quiet, add_verb, printer
 from medgen.train.errors import RunDirError
 from medgen.train.evaluation.figures import sample_grid
 from medgen.train.evaluation.nearest import bin_mean_reference, score_samples, summarize
@@ -171,22 +172,17 @@ def _command(args: argparse.Namespace) -> int:
         args.out,
         fresh=args.fresh,
         quiet=args.quiet,
-        say=(lambda *_: None) if args.quiet else print,
+        say=printer(args.quiet),
     )
     return 0
 
 
 def register(subparsers) -> None:
     """Add ``evaluate`` to the CLI."""
-    p = subparsers.add_parser(
-        "evaluate",
-        help="score a samples directory against a cache split (nearest real, speckle)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    help_ = "score a samples directory against a cache split (nearest real, speckle)"
+    p = add_verb(subparsers, "evaluate", _command, help_, __doc__)
     p.add_argument("samples", help="a samples directory (from medgen-train sample)")
     p.add_argument("--reference", help="CACHE[:split] (default: the run's cache, train split)")
     p.add_argument("--out", help="output directory (default: SAMPLES/evaluation)")
-    p.add_argument("--fresh", action="store_true", help="move an existing evaluation aside")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
-    p.set_defaults(func=_command)
+    add_fresh(p, "evaluation")
+    add_quiet(p)

@@ -22,6 +22,7 @@ import torch
 from medgen.data import build_cache, read_manifest
 from medgen.data.cache.atomic import atomic_write_bytes
 from medgen.train import checkpoint
+from medgen.train.commands.verb import add_fresh, add_overrides, add_quiet, add_verb
 from medgen.train.config.fit import FitConfig, load_fit_config
 from medgen.train.config.schema import differences, read_yaml, to_dict, to_yaml
 from medgen.train.engine import distributed
@@ -232,15 +233,10 @@ def _command(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add ``fit`` to the CLI."""
-    p = subparsers.add_parser(
-        "fit",
-        help="train from a run config (resumes its run directory)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    help_ = "train from a run config (resumes its run directory)"
+    p = add_verb(subparsers, "fit", _command, help_, __doc__)
     p.add_argument("config", help="YAML run config, or a bundled config name")
-    p.add_argument("overrides", nargs="*", help="overrides section.key=value")
+    add_overrides(p)
     p.add_argument("--out", help="run directory (default: run.dir of the config)")
-    p.add_argument("--fresh", action="store_true", help="move an existing run aside first")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
-    p.set_defaults(func=_command, takes_overrides=True)
+    add_fresh(p, "run")
+    add_quiet(p)

@@ -11,6 +11,8 @@ import json
 import warnings
 from pathlib import Path
 
+from medgen.train.commands.verb import add_verb
+
 
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     """The input arguments ``inspect`` and ``convert`` share."""
@@ -26,15 +28,10 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
 
 def register(subparsers) -> None:
     """Add ``inspect`` to the CLI."""
-    ins = subparsers.add_parser(
-        "inspect",
-        help="what is in a scan: series, shape, spacing, orientation, intensities, warnings",
-        description="Show the series found and the geometry of the one that would be read "
-        "(the largest, or --series). Never prints patient identifiers.",
-    )
+    help_ = "what is in a scan: series, shape, spacing, orientation, intensities, warnings"
+    ins = add_verb(subparsers, "inspect", inspect_command, help_, __doc__)
     add_input_arguments(ins)
     ins.add_argument("--json", action="store_true", help="machine-readable output")
-    ins.set_defaults(func=inspect_command)
 
 
 def read_with_warnings(args):

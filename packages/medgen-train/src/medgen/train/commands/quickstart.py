@@ -17,6 +17,7 @@ import time
 from medgen.train.commands.evaluate import run_evaluate
 from medgen.train.commands.fit import run_fit
 from medgen.train.commands.sample import run_sample
+from medgen.train.commands.verb import add_fresh, add_overrides, add_quiet, add_verb, printer
 from medgen.train.config.fit import load_fit_config
 from medgen.train.reports.run import write_run_report
 from medgen.train.rundir import RunDir
@@ -32,7 +33,7 @@ SHORTCUTS = {
 
 def run_quickstart(out: str, overrides: list[str], *, fresh: bool = False, quiet: bool = False):
     """cache + fit -> sample -> evaluate -> report; returns the evaluation result."""
-    say = (lambda *_: None) if quiet else print
+    say = printer(quiet)
     cfg = load_fit_config("quickstart", overrides)
     timings = {}
     t0 = time.perf_counter()
@@ -63,19 +64,14 @@ def _command(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add ``quickstart`` to the CLI."""
-    p = subparsers.add_parser(
-        "quickstart",
-        help="cache, train, sample, evaluate and report on MNI152 slices (~10 CPU-minutes)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    help_ = "cache, train, sample, evaluate and report on MNI152 slices (~7 CPU-minutes)"
+    p = add_verb(subparsers, "quickstart", _command, help_, __doc__)
     p.add_argument("--out", default="runs/quickstart", help="run directory (default: %(default)s)")
     p.add_argument("--size", type=int, help="slice size in pixels (data.recipe.size)")
     p.add_argument("--steps", type=int, help="training steps (training.steps)")
     p.add_argument("--batch-size", type=int, dest="batch_size")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--fresh", action="store_true", help="move an existing run aside first")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
-    p.add_argument("overrides", nargs="*", help="config overrides section.key=value")
-    p.set_defaults(func=_command, takes_overrides=True)
+    add_fresh(p, "run")
+    add_quiet(p)
+    add_overrides(p)

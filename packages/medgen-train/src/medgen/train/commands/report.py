@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 
+from medgen.train.commands.verb import add_verb
 from medgen.train.reports.run import write_run_report
 from medgen.train.rundir import RunDir
 
@@ -24,12 +25,7 @@ def _command(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add ``report`` to the CLI."""
-    p = subparsers.add_parser(
-        "report",
-        help="write RUN_DIR/report.md (curves, x0 diagnostic, samples, evaluation)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    help_ = "write RUN_DIR/report.md (curves, x0 diagnostic, samples, evaluation)"
+    p = add_verb(subparsers, "report", _command, help_, __doc__)
     p.add_argument("run_dir", help="a fit run directory")
     p.add_argument("--samples", help="a samples directory of this run to include")
-    p.set_defaults(func=_command)

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from medgen.data import CacheDataset, Volume, canonical_direction, read_nifti, write_nifti
 from medgen.train import checkpoint
 from medgen.train.checkpoint.store import EMA_FILE, MODEL_FILE, load_weights
+from medgen.train.commands.verb import add_fresh, add_quiet, add_verb, printer
 from medgen.train.config.schema import apply_overrides, validate
 from medgen.train.errors import ConfigError, RunDirError
 from medgen.train.evaluation.figures import sample_grid
@@ -276,19 +277,15 @@ def _command(args: argparse.Namespace) -> int:
         nifti=not args.no_nifti,
         fresh=args.fresh,
         quiet=args.quiet,
-        say=(lambda *_: None) if args.quiet else print,
+        say=printer(args.quiet),
     )
     return 0
 
 
 def register(subparsers) -> None:
     """Add ``sample`` to the CLI."""
-    p = subparsers.add_parser(
-        "sample",
-        help="generate samples (NIfTI + PNG + npz) from a trained run",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    help_ = "generate samples (NIfTI + PNG + npz) from a trained run"
+    p = add_verb(subparsers, "sample", _command, help_, __doc__)
     p.add_argument("run_dir", help="a fit run directory")
     p.add_argument("--checkpoint", default="latest", help="latest (default), best or step_N")
     p.add_argument("--out", help="samples directory (default: RUN_DIR/samples/<name>)")
@@ -310,6 +307,5 @@ def register(subparsers) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: the run's)")
     p.add_argument("--no-ema", action="store_true", help="use the raw training weights")
     p.add_argument("--no-nifti", action="store_true", help="skip the per-sample NIfTI files")
-    p.add_argument("--fresh", action="store_true", help="move an existing samples dir aside")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
-    p.set_defaults(func=_command)
+    add_fresh(p, "samples directory")
+    add_quiet(p)
