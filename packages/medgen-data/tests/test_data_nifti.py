@@ -108,3 +108,66 @@ def test_a_full_disk_never_replaces_a_good_file(small_disk, name):
         write_nifti(big, target)
     assert np.array_equal(read_nifti(target).array, good.array)
     assert [p.name for p in small_disk.iterdir()] == [name]  # no temporary file left
+
+
+def _nii(tmp_path, name="ok.nii", shape=(4, 5, 6)):
+    import numpy as np
+    import SimpleITK as sitk
+
+    path = tmp_path / name
+    sitk.WriteImage(sitk.GetImageFromArray(np.ones(shape, np.float32)), str(path))
+    return path
+
+
+def _patch(path, offset, fmt, value):
+    import struct
+
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<" + fmt, data, offset, *([value] if not isinstance(value, tuple) else value))
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("offset", "fmt", "value", "message"),
+    [
+        (344, "4s", b"xyz\0", "magic"),
+        (40, "h", 0, "dim ["),
+        (42, "h", 0, "sizes >= 1"),
+        (70, "h", 17, "datatype 17 is not a NIfTI-1 datatype"),
+        (72, "h", 16, "bitpix 16 does not match datatype 16"),
+        (80, "f", 0.0, "voxel sizes must be positive"),
+        (84, "f", float("nan"), "voxel sizes must be positive"),
+        (112, "f", float("inf"), "scl_slope = inf"),
+        (108, "f", 100.0, "vox_offset 100.0: a .nii file needs >= 352"),
+        (252, "h", 7, "qform_code = 7"),
+    ],
+)
+def test_header_fields_that_make_no_sense_are_refused_by_name(
+    tmp_path, offset, fmt, value, message
+):
+    from medgen.data import DataError, read_nifti
+
+    path = _patch(_nii(tmp_path), offset, fmt, value)
+    with pytest.raises(DataError, match="ok.nii") as info:
+        read_nifti(path)
+    assert message in str(info.value)
+
+
+def test_a_gzip_bomb_is_refused_before_it_is_inflated(tmp_path, monkeypatch):
+    """A header promising far more than a small .nii.gz can hold, and a cap for large files."""
+    import gzip
+
+    from medgen.data import DataError, read_nifti
+
+    plain = _patch(_nii(tmp_path), 42, "3h", (1024, 1024, 1024))  # 4 GiB of float32
+    bomb = tmp_path / "bomb.nii.gz"
+    bomb.write_bytes(gzip.compress(plain.read_bytes() + b"\0" * 2**20))
+    with pytest.raises(DataError, match="bomb.nii.gz: the header promises .* compressed bytes"):
+        read_nifti(bomb)
+    good = _nii(tmp_path, "good.nii.gz")
+    monkeypatch.setenv("MEDGEN_MAX_NIFTI_BYTES", "100")
+    with pytest.raises(DataError, match="more than 100 bytes .MEDGEN_MAX_NIFTI_BYTES"):
+        read_nifti(good)
+    monkeypatch.delenv("MEDGEN_MAX_NIFTI_BYTES")
+    assert read_nifti(good).shape == (4, 5, 6)
