@@ -88,7 +88,7 @@ def small_disk(tmp_path):
     try:
         yield path
     finally:
-        subprocess.run(["umount", str(path)], check=False)
+        subprocess.run(["umount", "-l", str(path)], check=False)  # lazy: open handles
 
 
 @pytest.mark.parametrize("name", ["scan.nii", "scan.nii.gz"])
@@ -171,3 +171,13 @@ def test_a_gzip_bomb_is_refused_before_it_is_inflated(tmp_path, monkeypatch):
         read_nifti(good)
     monkeypatch.delenv("MEDGEN_MAX_NIFTI_BYTES")
     assert read_nifti(good).shape == (4, 5, 6)
+
+
+def test_simpleitk_refusals_carry_its_reason_not_its_source_location():
+    from medgen.data.sitk_image import sitk_reason
+
+    exc = RuntimeError(
+        "Exception thrown in SimpleITK ImageFileReader_Execute: /src/sitkImageReaderBase.cxx:99:"
+        '\nsitk::ERROR: Unable to determine ImageIO reader for "/tmp/x.nii"'
+    )
+    assert sitk_reason(exc) == 'Unable to determine ImageIO reader for "/tmp/x.nii"'

@@ -108,3 +108,27 @@ def test_a_step_directory_in_the_way_is_moved_aside_not_overwritten(tmp_path):
     (kept,) = (tmp_path / "checkpoints" / "rejected").iterdir()
     assert (kept / "model.safetensors").read_bytes() == b"damaged"
     assert verify_checkpoint(tmp_path / "checkpoints" / "step_00000003") is None
+
+
+def test_a_full_disk_at_a_checkpoint_loses_nothing_already_written(small_disk):
+    """The second checkpoint does not fit: the error names the disk's problem, the first
+    checkpoint stays complete and verified, no temporary directory is left."""
+    from medgen.train.engine import EngineSettings, ShardedBatches, TrainingSetup, fit
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(300, 300)  # ~1.4 MB a checkpoint (weights, EMA, Adam moments)
+    x = torch.randn(16, 300)
+
+    def loss(model, batch, step):
+        return (model(batch[0]) ** 2).mean(), {}
+
+    s = EngineSettings(steps=4, batch_size=4, checkpoint_every=1, keep_last=0, log_every=1,
+                       tensorboard=False)  # fmt: skip
+    with pytest.raises(
+        CheckpointError, match=r"step_00000002: cannot write the checkpoint .*MiB free"
+    ):
+        fit(TrainingSetup.single(net, loss), ShardedBatches((x,), 4), s, small_disk, quiet=True)
+    root = small_disk / "checkpoints"
+    assert [p.name for p in root.iterdir() if p.name.startswith(".")] == []
+    ckpt, notes = find_checkpoint(small_disk, "latest")
+    assert ckpt.name == "step_00000001" and notes == [] and verify_checkpoint(ckpt) is None

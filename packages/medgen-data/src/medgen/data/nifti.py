@@ -13,7 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from medgen.data.errors import DataError
-from medgen.data.sitk_image import geometry_from_sitk, to_sitk
+from medgen.data.sitk_image import geometry_from_sitk, sitk_reason, to_sitk
 from medgen.data.volume import Volume, pseudonym
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -176,8 +176,9 @@ def read_nifti(
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unknown reason"
-        raise DataError(f"{path}: SimpleITK could not read it as NIfTI ({first})") from exc
+        raise DataError(
+            f"{path}: SimpleITK could not read it as NIfTI ({sitk_reason(exc)})"
+        ) from exc
 
     components = image.GetNumberOfComponentsPerPixel()
     if components != 1:
@@ -242,7 +243,8 @@ def write_nifti(vol: Volume, path: str | Path) -> Path:
             raise DataError(f"{path}: the written file reads back spacing {back.spacing}")
         os.replace(tmp, path)
     except (RuntimeError, OSError) as exc:
-        raise DataError(f"{path}: cannot write NIfTI ({str(exc).strip().splitlines()[0]})") from exc
+        reason = sitk_reason(exc) if isinstance(exc, RuntimeError) else str(exc)
+        raise DataError(f"{path}: cannot write NIfTI ({reason})") from exc
     finally:
         tmp.unlink(missing_ok=True)
     return path

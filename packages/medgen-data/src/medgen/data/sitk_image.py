@@ -14,6 +14,15 @@ import SimpleITK as sitk
 from medgen.data.volume import Volume
 
 
+def sitk_reason(exc: BaseException) -> str:
+    """SimpleITK's own reason from one of its exceptions, on one line: the text after the
+    "Exception thrown in ...: file.cxx:NN:" location line (``sitk::ERROR:`` stripped)."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    reason = [ln for ln in lines if not ln.startswith("Exception thrown in")] or lines
+    text = " ".join(reason).replace("sitk::ERROR:", "").strip()
+    return text or "unknown reason"
+
+
 def to_sitk(vol: Volume) -> sitk.Image:
     """A float32 SimpleITK image with ``vol``'s voxels and geometry."""
     image = sitk.GetImageFromArray(np.ascontiguousarray(vol.array, dtype=np.float32))

@@ -137,6 +137,17 @@ def save_checkpoint(
             rejected.mkdir(exist_ok=True)
             os.replace(final, rejected / f"{final.name}-{time.strftime('%Y%m%d-%H%M%S')}")
         os.replace(tmp, final)
+    except CheckpointError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except Exception as exc:  # a full disk is OSError here, RuntimeError from torch.save
+        shutil.rmtree(tmp, ignore_errors=True)
+        free = shutil.disk_usage(root).free
+        raise CheckpointError(
+            f"{final}: cannot write the checkpoint ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())}; {free / 2**20:.1f} MiB free on that disk); the "
+            "checkpoints already written are untouched"
+        ) from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
