@@ -11,16 +11,16 @@ from medgen.train.config.schema import (
     apply_overrides,
     differences,
     from_mapping,
-    read_yaml,
     to_dict,
     to_yaml,
     validate,
 )
+from medgen.train.config.yaml_io import read_yaml
 from medgen.train.errors import ConfigError
 from medgen.train.tasks.diffusion.config import DDPMConfig, FlowConfig
 
 
-@pytest.mark.parametrize("name", ["quickstart", "jsddpm", "volumes"])
+@pytest.mark.parametrize("name", ["quickstart", "jsddpm", "volumes", "lesions_demo"])
 def test_bundled_configs_load_and_round_trip(tmp_path, name):
     overrides = [] if name == "quickstart" else ["data.cache=somewhere"]
     cfg = load_fit_config(name, overrides)

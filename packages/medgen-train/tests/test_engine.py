@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from medgen.train import checkpoint as ckpt_api
 from medgen.train.engine import Evaluation, ShardedBatches, TrainingSetup, fit
-from medgen.train.engine import loop as engine_loop
+from medgen.train.engine import snapshot as engine_snapshot
 from medgen.train.engine.nan_guard import NonFiniteError
 from medgen.train.engine.preemption import Preempted
 from medgen.train.engine.settings import EngineSettings
@@ -268,7 +268,7 @@ def test_signal_during_a_checkpoint_stops_on_it_and_handlers_are_restored(
             os.kill(os.getpid(), sig)
         return path
 
-    monkeypatch.setattr(engine_loop.checkpoint, "save_checkpoint", save_then_signal)
+    monkeypatch.setattr(engine_snapshot.checkpoint, "save_checkpoint", save_then_signal)
     sigs = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
     before = {s: signal.getsignal(s) for s in sigs}
     task = Regression()

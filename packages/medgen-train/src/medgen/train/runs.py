@@ -8,7 +8,8 @@ from pathlib import Path
 
 from medgen.train import checkpoint
 from medgen.train.config.fit import FitConfig
-from medgen.train.config.schema import from_mapping, read_yaml, validate
+from medgen.train.config.schema import from_mapping, validate
+from medgen.train.config.yaml_io import read_yaml
 from medgen.train.errors import CheckpointError, ConfigError
 from medgen.train.rundir import read_marker
 from medgen.train.tasks.data import DataDescription

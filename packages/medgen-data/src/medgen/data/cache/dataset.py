@@ -130,6 +130,10 @@ class CacheDataset(Dataset):
         """``class_id`` of every item (int64, ``len(self)``)."""
         return np.tile(self._meta["class_id"], self._n_modes)
 
+    def tokens(self) -> np.ndarray:
+        """``token`` of every item (int64, ``len(self)``): z_bin + n_bins * class_id."""
+        return np.tile(self._meta["token"], self._n_modes)
+
     def groups(self) -> np.ndarray:
         """The ``mode`` of every item (zeros with ``modality_as="channels"``)."""
         return np.repeat(np.arange(self._n_modes, dtype=np.int64), self._n_stored)

@@ -24,7 +24,8 @@ from medgen.data.cache.atomic import atomic_write_bytes
 from medgen.train import checkpoint
 from medgen.train.commands.verb import add_fresh, add_overrides, add_quiet, add_verb
 from medgen.train.config.fit import FitConfig, load_fit_config
-from medgen.train.config.schema import differences, read_yaml, to_dict, to_yaml
+from medgen.train.config.schema import differences, to_dict, to_yaml
+from medgen.train.config.yaml_io import read_yaml
 from medgen.train.engine import distributed
 from medgen.train.engine.loop import FitResult, check_metrics, fit
 from medgen.train.engine.preemption import StopFlag
@@ -107,6 +108,7 @@ def _data(cfg: FitConfig, ctx, quiet: bool, say):
     description = describe(manifest, cfg.data, cache)
     train = open_split(cache, cfg.data.train_split, cfg.data, "data.train_split")
     check_classes(description, cfg.data.train_split)
+    description.tokens = sorted({int(t) for t in train.tokens()})
     evaluation = None
     if cfg.data.eval_split:
         evaluation = open_split(cache, cfg.data.eval_split, cfg.data, "data.eval_split")

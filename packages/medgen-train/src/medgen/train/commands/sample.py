@@ -1,8 +1,9 @@
 """``medgen-train sample RUN_DIR``: generate samples from a trained run.
 
 The model is rebuilt from the checkpoint's own config and ``data.json`` (no cache needed),
-with its EMA weights unless ``--no-ema``. By default every z-bin x class (x mode) of the
-training data gets ``sample.per_token`` samples; ``--n``, ``--bins``, ``--classes`` and
+with its EMA weights unless ``--no-ema``. By default every z-bin x class (x mode) that
+occurred in the training split gets ``sample.per_token`` samples (a token never trained on is
+never sampled); ``--n``, ``--bins``, ``--classes`` and
 ``--modes`` narrow or change that, and a model conditioned on priors takes them from
 ``--priors-from CACHE[:split]``. Every sampler step is checked for finiteness: a NaN or inf
 stops with the step and timestep named, and nothing is written. Output (default

@@ -8,12 +8,12 @@ from medgen.train.config.schema import (
     differences,
     from_mapping,
     load_config,
-    read_yaml,
     setting,
     to_dict,
     to_yaml,
     validate,
 )
+from medgen.train.config.yaml_io import read_yaml
 
 __all__ = [
     "Kinded",

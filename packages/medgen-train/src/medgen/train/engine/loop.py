@@ -31,8 +31,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from medgen.train import checkpoint
-from medgen.train.engine import distributed
+from medgen.train.engine import distributed, snapshot
 from medgen.train.engine.batches import BatchSource
 from medgen.train.engine.distributed import DistContext
 from medgen.train.engine.ema import EMA
@@ -40,11 +39,11 @@ from medgen.train.engine.evaluators import reduce, write_images
 from medgen.train.engine.log_window import LogWindow
 from medgen.train.engine.metrics_log import MetricsLog
 from medgen.train.engine.nan_guard import NanGuard, all_finite
-from medgen.train.engine.objectives import Nets, Objective, TrainingSetup
-from medgen.train.engine.optim import build_optimizer, build_scheduler
+from medgen.train.engine.objectives import Nets, TrainingSetup
+from medgen.train.engine.optim import ObjectiveOptimizer, build_optimizer, build_scheduler
 from medgen.train.engine.preemption import Preempted, StopFlag
-from medgen.train.engine.settings import EngineSettings, OptimizerSettings
-from medgen.train.errors import CheckpointError, ConfigError
+from medgen.train.engine.settings import EngineSettings
+from medgen.train.errors import ConfigError
 from medgen.train.progress import bars_disabled
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -70,62 +69,10 @@ class FitResult:
         return self.setup.modules[self.setup.trained()[0]]
 
 
-@dataclass
-class _Optimization:
-    objective: Objective
-    params: list[nn.Parameter]
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler | None
-    settings: OptimizerSettings
-
-    @property
-    def grad_clip(self) -> float:
-        return self.settings.grad_clip
-
-    def state_dict(self) -> dict:
-        return {
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore the moments, the schedule's position and the scaler; then apply this run's
-        lr, weight decay, betas and momentum (a resumed run may lower the lr; unchanged
-        settings give back exactly the saved values)."""
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        s = self.settings
-        self.scheduler.base_lrs = [s.lr] * len(self.optimizer.param_groups)
-        epoch = self.scheduler.last_epoch
-        lrs = [s.lr * fn(epoch) for fn in self.scheduler.lr_lambdas]
-        for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
-            group.update(initial_lr=s.lr, lr=lr, weight_decay=s.weight_decay)
-            if "betas" in group:
-                group["betas"] = tuple(s.betas)
-            if "momentum" in group:
-                group["momentum"] = s.momentum
-        self.scheduler._last_lr = lrs
-
-
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-def _state_of(obj) -> dict:
-    fn = getattr(obj, "state_dict", None)
-    return fn() if callable(fn) else {}
-
-
-def _load_state_of(obj, state: dict | None) -> None:
-    fn = getattr(obj, "load_state_dict", None)
-    if callable(fn) and state:
-        fn(state)
 
 
 def check_metrics(setup: TrainingSetup, s: EngineSettings) -> None:
@@ -163,12 +110,12 @@ class _Run:
             wrapped[name] = setup.modules[name]
         self.ddp = {n: m for n, m in wrapped.items() if hasattr(m, "no_sync")}
         self.nets = Nets(wrapped, setup.modules)
-        self.opts: dict[str, _Optimization] = {}
+        self.opts: dict[str, ObjectiveOptimizer] = {}
         for obj in setup.objectives:
             o = obj.optim or s.optimizer_settings()
             params = [p for m in obj.modules for p in setup.modules[m].parameters()]
             optimizer = build_optimizer(params, o)
-            self.opts[obj.name] = _Optimization(
+            self.opts[obj.name] = ObjectiveOptimizer(
                 obj,
                 [p for p in params if p.requires_grad],
                 optimizer,
@@ -209,94 +156,15 @@ class _Run:
 
     # -- checkpoints ---------------------------------------------------------------------
     def resume(self) -> None:
-        if self.run_dir is None:
-            return
-        if self.main:
-            checkpoint.remove_stale_temporaries(self.run_dir)
-        ckpt, notes = checkpoint.find_checkpoint(self.run_dir, "latest")
-        self.notes += notes
-        if ckpt is None:
-            if checkpoint.step_dirs(self.run_dir):
-                raise CheckpointError(
-                    f"{self.run_dir}: no checkpoint verifies ({'; '.join(notes)}); nothing to "
-                    "resume from. Start afresh with --fresh (moves this run aside) or repair it"
-                )
-            return
-        state = checkpoint.read_state(ckpt)
-        checkpoint.load_weights(ckpt, {n: self.setup.modules[n] for n in self.setup.trained()})
-        training = checkpoint.load_training_state(ckpt)
-        if self.ema is not None:
-            checkpoint.load_weights(ckpt, self.ema.modules, checkpoint.store.EMA_FILE)
-            self.ema.load_state_dict(training["ema"])
-        for name, opt in self.opts.items():
-            if name not in training.get("objectives", {}):
-                raise CheckpointError(f"{ckpt}: no optimizer state for objective {name!r}")
-            opt.load_state_dict(training["objectives"][name])
-        self.batches.load_state_dict(training["batches"])
-        self.guard.load_state_dict(training.get("guard", {}))
-        ranks = training.get("ranks") or []
-        if len(ranks) != self.ctx.world_size:
-            raise CheckpointError(
-                f"{ckpt}: written by {len(ranks)} rank(s), resumed by {self.ctx.world_size}; the "
-                "data order and every rank's noise depend on the number of ranks: resume with "
-                f"{len(ranks)}, or start afresh (--fresh)"
-            )
-        mine = ranks[self.ctx.rank]
-        _load_state_of(self.setup.state, mine.get("task"))
-        checkpoint.set_rng_state(mine["rng"])
-        self.step = self.resumed_from = int(state["step"])
-        self.last_checkpoint = ckpt
-        self.notes.append(f"resumed from {ckpt.name} (step {self.step})")
-        if self.log is not None:
-            self.log.resume_at(self.step)
-            self.eval_log.resume_at(self.step)
+        """Continue from the newest checkpoint that verifies (see :mod:`.snapshot`)."""
+        snapshot.restore(self)
 
     def save(self) -> Path | None:
-        if self.run_dir is None:
-            return None
-        ranks = distributed.gather(
-            {"task": _state_of(self.setup.state), "rng": checkpoint.rng_state()}, self.ctx
-        )
-        path = None
-        with self.writes():
-            if self.main:
-                path = self._write_checkpoint(ranks)
-        distributed.raise_if_failed(self.failure, self.ctx)  # also the barrier after the write
-        self.last_checkpoint = path or self.last_checkpoint
-        return path
-
-    def _write_checkpoint(self, ranks: list) -> Path:
-        position = self.batches.position()
-        metrics = dict(self.last_eval) if self.last_eval_step == self.step else {}
-        path = checkpoint.save_checkpoint(
-            self.run_dir,
-            self.step,
-            {n: self.setup.modules[n] for n in self.setup.trained()},
-            self.config,
-            ema=self.ema.modules if self.ema is not None else None,
-            training_state={
-                "objectives": {n: o.state_dict() for n, o in self.opts.items()},
-                "ema": self.ema.state_dict() if self.ema is not None else None,
-                "batches": self.batches.state_dict(),
-                "guard": self.guard.state_dict(),
-                "ranks": ranks,
-            },
-            info={
-                "epoch": position.get("epoch", 0),
-                "data_position": position,
-                "world_size": self.ctx.world_size,
-                "skipped_updates": self.guard.skipped,
-                "metrics": metrics,
-            },
-            files=self.files,
-        )
-        if self.s.best_metric:
-            checkpoint.update_best(self.run_dir, path, self.s.best_metric, self.s.best_mode)
-        checkpoint.prune(self.run_dir, self.s.keep_last)
-        return path
+        """Write a checkpoint now (see :mod:`.snapshot`)."""
+        return snapshot.save(self)
 
     # -- one update ----------------------------------------------------------------------
-    def _objective_step(self, opt: _Optimization, micro: list, window: LogWindow) -> bool:
+    def _objective_step(self, opt: ObjectiveOptimizer, micro: list, window: LogWindow) -> bool:
         s, obj = self.s, opt.objective
         amp = AMP_DTYPES.get(s.amp)
         opt.optimizer.zero_grad(set_to_none=True)

@@ -1,12 +1,16 @@
-"""Optimizers and learning-rate schedules built from :class:`OptimizerSettings`."""
+"""Optimizers and learning-rate schedules built from :class:`OptimizerSettings`, and the
+state one objective optimises with."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import torch
+from torch import nn
 
 from medgen.train.engine.settings import OptimizerSettings
 
@@ -46,3 +50,49 @@ def build_scheduler(
     else:
         fn = partial(warmup_constant, warmup=s.warmup_steps)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
+
+
+@dataclass
+class ObjectiveOptimizer:
+    """One objective's optimizer, LR schedule, grad scaler and settings, saved and restored
+    together (a generator and a critic each have one)."""
+
+    objective: Any  # the Objective
+    params: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None
+    settings: OptimizerSettings
+
+    @property
+    def grad_clip(self) -> float:
+        """The objective's max gradient norm (0: no clipping)."""
+        return self.settings.grad_clip
+
+    def state_dict(self) -> dict:
+        """The optimizer, schedule and scaler states."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the moments, the schedule's position and the scaler; then apply this run's
+        lr, weight decay, betas and momentum (a resumed run may lower the lr; unchanged
+        settings give back exactly the saved values)."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        s = self.settings
+        self.scheduler.base_lrs = [s.lr] * len(self.optimizer.param_groups)
+        epoch = self.scheduler.last_epoch
+        lrs = [s.lr * fn(epoch) for fn in self.scheduler.lr_lambdas]
+        for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
+            group.update(initial_lr=s.lr, lr=lr, weight_decay=s.weight_decay)
+            if "betas" in group:
+                group["betas"] = tuple(s.betas)
+            if "momentum" in group:
+                group["momentum"] = s.momentum
+        self.scheduler._last_lr = lrs

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Annotated
 
 from medgen.data import CacheDataset, CacheRecipe, DataError, ResumableBatchSampler, read_manifest
-from medgen.train.config.schema import Preset, read_yaml, setting, to_dict
+from medgen.train.config.schema import Preset, setting, to_dict
+from medgen.train.config.yaml_io import read_yaml
 from medgen.train.engine.batches import LoaderBatches
 from medgen.train.engine.distributed import DistContext
 from medgen.train.errors import ConfigError
@@ -132,6 +133,7 @@ class DataDescription:
     )  # name -> {n_items, counts_per_bin, counts_per_class}
     cache: str = ""
     fingerprint: str = ""  # hash of the recipe and of every shard's sha256
+    tokens: list[int] = field(default_factory=list)  # the z-bin x class tokens trained on
 
     def to_json(self) -> bytes:
         """The JSON bytes written as ``data.json``."""

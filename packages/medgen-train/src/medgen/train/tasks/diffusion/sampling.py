@@ -110,8 +110,8 @@ class DiffusionGenerator:
         classes: list[int] | None = None,
         modes: list[int] | None = None,
     ) -> Plan:
-        """Every combination of the requested bins x classes (x modes), ``per_token`` times
-        each, or ``n`` samples cycling through the combinations."""
+        """Every combination of the requested bins x classes (x modes) that occurred in the
+        training split, ``per_token`` times each, or ``n`` samples cycling through them."""
         d = self.model.description
         bins = _values(bins, d.n_bins, "z-bins", "--bins")
         classes = _values(classes, d.n_classes, "classes", "--classes")
@@ -119,6 +119,14 @@ class DiffusionGenerator:
         if modes and not d.n_modes:
             raise ConfigError("--modes: this run was not trained with a mode embedding")
         combos = list(itertools.product(classes, bins, mode_values))
+        if d.tokens:  # only what the training split held: other tokens were never learned
+            seen = set(d.tokens)
+            combos = [(c, b, m) for c, b, m in combos if b + d.n_bins * c in seen]
+            if not combos:
+                raise ConfigError(
+                    f"--bins/--classes: no z-bin x class asked for occurred in the training "
+                    f"split (trained tokens: {d.tokens})"
+                )
         if n is None:
             rows = [c for c in combos for _ in range(per_token)]
         else:

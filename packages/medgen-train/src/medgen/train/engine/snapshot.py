@@ -1,0 +1,118 @@
+"""Checkpoints of a running fit: the exact state written (rank 0) and read back on resume.
+
+What is saved: the trained modules and their EMA (safetensors), every objective's optimizer,
+schedule and scaler, the EMA and NaN-guard counters, the data position, and each rank's task
+state and RNG states; ``state.json`` records step, data position, world size, metrics.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medgen.train import checkpoint
+from medgen.train.engine import distributed
+from medgen.train.errors import CheckpointError
+
+
+def _state_of(obj) -> dict:
+    fn = getattr(obj, "state_dict", None)
+    return fn() if callable(fn) else {}
+
+
+def _load_state_of(obj, state: dict | None) -> None:
+    fn = getattr(obj, "load_state_dict", None)
+    if callable(fn) and state:
+        fn(state)
+
+
+def restore(run) -> None:
+    """Resume ``run`` (the state of a running fit) from the newest checkpoint of its run directory that
+    verifies: weights, EMA, optimizers, data position, NaN guard, task and RNG states."""
+    if run.run_dir is None:
+        return
+    if run.main:
+        checkpoint.remove_stale_temporaries(run.run_dir)
+    ckpt, notes = checkpoint.find_checkpoint(run.run_dir, "latest")
+    run.notes += notes
+    if ckpt is None:
+        if checkpoint.step_dirs(run.run_dir):
+            raise CheckpointError(
+                f"{run.run_dir}: no checkpoint verifies ({'; '.join(notes)}); nothing to "
+                "resume from. Start afresh with --fresh (moves this run aside) or repair it"
+            )
+        return
+    state = checkpoint.read_state(ckpt)
+    checkpoint.load_weights(ckpt, {n: run.setup.modules[n] for n in run.setup.trained()})
+    training = checkpoint.load_training_state(ckpt)
+    if run.ema is not None:
+        checkpoint.load_weights(ckpt, run.ema.modules, checkpoint.store.EMA_FILE)
+        run.ema.load_state_dict(training["ema"])
+    for name, opt in run.opts.items():
+        if name not in training.get("objectives", {}):
+            raise CheckpointError(f"{ckpt}: no optimizer state for objective {name!r}")
+        opt.load_state_dict(training["objectives"][name])
+    run.batches.load_state_dict(training["batches"])
+    run.guard.load_state_dict(training.get("guard", {}))
+    ranks = training.get("ranks") or []
+    if len(ranks) != run.ctx.world_size:
+        raise CheckpointError(
+            f"{ckpt}: written by {len(ranks)} rank(s), resumed by {run.ctx.world_size}; the "
+            "data order and every rank's noise depend on the number of ranks: resume with "
+            f"{len(ranks)}, or start afresh (--fresh)"
+        )
+    mine = ranks[run.ctx.rank]
+    _load_state_of(run.setup.state, mine.get("task"))
+    checkpoint.set_rng_state(mine["rng"])
+    run.step = run.resumed_from = int(state["step"])
+    run.last_checkpoint = ckpt
+    run.notes.append(f"resumed from {ckpt.name} (step {run.step})")
+    if run.log is not None:
+        run.log.resume_at(run.step)
+        run.eval_log.resume_at(run.step)
+
+
+def save(run) -> Path | None:
+    """Write a checkpoint of ``run`` (rank 0), every rank learning of a failed write."""
+    if run.run_dir is None:
+        return None
+    ranks = distributed.gather(
+        {"task": _state_of(run.setup.state), "rng": checkpoint.rng_state()}, run.ctx
+    )
+    path = None
+    with run.writes():
+        if run.main:
+            path = _write_checkpoint(run, ranks)
+    distributed.raise_if_failed(run.failure, run.ctx)  # also the barrier after the write
+    run.last_checkpoint = path or run.last_checkpoint
+    return path
+
+
+def _write_checkpoint(run, ranks: list) -> Path:
+    position = run.batches.position()
+    metrics = dict(run.last_eval) if run.last_eval_step == run.step else {}
+    path = checkpoint.save_checkpoint(
+        run.run_dir,
+        run.step,
+        {n: run.setup.modules[n] for n in run.setup.trained()},
+        run.config,
+        ema=run.ema.modules if run.ema is not None else None,
+        training_state={
+            "objectives": {n: o.state_dict() for n, o in run.opts.items()},
+            "ema": run.ema.state_dict() if run.ema is not None else None,
+            "batches": run.batches.state_dict(),
+            "guard": run.guard.state_dict(),
+            "ranks": ranks,
+        },
+        info={
+            "epoch": position.get("epoch", 0),
+            "data_position": position,
+            "world_size": run.ctx.world_size,
+            "skipped_updates": run.guard.skipped,
+            "metrics": metrics,
+        },
+        files=run.files,
+    )
+    if run.s.best_metric:
+        checkpoint.update_best(run.run_dir, path, run.s.best_metric, run.s.best_mode)
+    checkpoint.prune(run.run_dir, run.s.keep_last)
+    return path
