@@ -106,6 +106,7 @@ def test_slices_from_nifti_and_dicom_with_masks_to_samples_and_scores(demo):
     result = json.loads((run / "s" / "evaluation" / "evaluation.json").read_text())
     assert result["reference"].endswith("cache/slices:test") and result["overall"]["n"] == n
     assert {"ssim", "psnr", "dice", "speckled"} <= result["overall"].keys()
+    assert result["samples"].endswith("runs/js/s") and len(result["per_sample"]) == n
     assert set(result["per_bin"]) == {"0", "1", "2", "3"}
     cli("report", "runs/js", "--samples", "runs/js/s", cwd=demo)
     report = (run / "report.md").read_text()

@@ -80,6 +80,7 @@ def test_nearest_real_stays_in_the_sample_bin_and_class_and_flags_speckle():
     summary = summarize(scores)
     assert summary["overall"]["speckled"] == 1 and summary["per_class"]["1"]["n"] == 2
     assert summary["overall"]["psnr"]["non_finite"] == 0
+    assert [s["nearest"] for s in summary["per_sample"]] == [2, 1, 2]
     with pytest.raises(ValueError, match="differ in channels or size"):
         score_samples(smooth[:, :, :8], None, ref_bins, ref_classes, smooth, None, ref_bins,
                       ref_classes)  # fmt: skip

@@ -161,5 +161,5 @@ def summarize(scores: list[SampleScore]) -> dict:
             for c in sorted({s.class_id for s in scores})
         },
         "speckle_rule": f"mean squared Laplacian > {SPECKLE_RATIO:g} x the nearest real item's",
-        "samples": [asdict(s) | {"speckled": s.speckled} for s in scores],
+        "per_sample": [asdict(s) | {"speckled": s.speckled} for s in scores],
     }
