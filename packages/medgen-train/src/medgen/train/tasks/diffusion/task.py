@@ -235,6 +235,7 @@ class DiffusionEvaluator:
         x0, valid = self.model.encode(batch)
         return batch, x0, valid, self.model.conditioning(batch)
 
+    @torch.no_grad()
     def evaluate(self, modules, ema, step: int, ctx) -> Evaluation:
         """This rank's sums of losses and squared x0 errors; rank 0 adds an image."""
         m = self.model
