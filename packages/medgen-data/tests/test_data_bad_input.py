@@ -332,6 +332,63 @@ def option_for_other_format(tmp_path):
     return d, {"volume_index": 0}, ["series", "volume_index= applies to 4D NIfTI input only"]
 
 
+def palette_colour_slice(tmp_path):
+    edit = on_slice(2, lambda ds: setattr(ds, "PhotometricInterpretation", "PALETTE COLOR"))
+    d, files = series(tmp_path, edit=edit)
+    return d, {}, [SERIES, f"{files[2].name} has PhotometricInterpretation PALETTE COLOR"]
+
+
+def rgb_photometric_one_sample(tmp_path):
+    d, _ = series(tmp_path, edit=lambda k, ds: setattr(ds, "PhotometricInterpretation", "RGB"))
+    return d, {}, [SERIES, "PhotometricInterpretation RGB", "only MONOCHROME1/MONOCHROME2"]
+
+
+def mixed_monochrome(tmp_path):
+    edit = on_slice(3, lambda ds: setattr(ds, "PhotometricInterpretation", "MONOCHROME1"))
+    d, files = series(tmp_path, edit=edit)
+    return d, {}, [SERIES, "mixed PhotometricInterpretation", f"{files[3].name} is MONOCHROME1"]
+
+
+def bits_stored_above_allocated(tmp_path):
+    d, files = series(tmp_path, edit=on_slice(1, lambda ds: setattr(ds, "BitsStored", 20)))
+    return d, {}, [SERIES, f"{files[1].name} has BitsStored 20 with BitsAllocated 16"]
+
+
+def high_bit_shifted(tmp_path):
+    d, files = series(tmp_path, edit=on_slice(0, lambda ds: setattr(ds, "HighBit", 12)))
+    return d, {}, [SERIES, f"{files[0].name} has HighBit 12 with BitsStored 16"]
+
+
+def pixel_representation_two(tmp_path):
+    edit = on_slice(4, lambda ds: setattr(ds, "PixelRepresentation", 2))
+    d, files = series(tmp_path, edit=edit)
+    return d, {}, [SERIES, f"{files[4].name} has PixelRepresentation 2"]
+
+
+def values_beyond_bits_stored(tmp_path):
+    """BitsStored 12 but a stored 5000 (13 bits): pydicom masks it to 904 without a word."""
+
+    def twelve_bits(ds):
+        ds.BitsStored, ds.HighBit = 12, 11
+        ds.PixelData = np.full((16, 16), 5000, "<i2").tobytes()
+
+    d, files = series(tmp_path, edit=on_slice(2, twelve_bits))
+    return d, {}, [SERIES, f"{files[2].name} has BitsStored 12 but 256 stored value", "5000"]
+
+
+def rescale_slope_zero(tmp_path):
+    d, files = series(tmp_path, edit=on_slice(3, lambda ds: setattr(ds, "RescaleSlope", 0)))
+    return d, {}, [SERIES, f"{files[3].name} has RescaleSlope 0", "constant"]
+
+
+def rescale_intercept_not_finite(tmp_path):
+    edit = on_slice(0, lambda ds: setattr(ds, "RescaleIntercept", "NaN"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns that NaN is not a valid DS
+        d, files = series(tmp_path, edit=edit)
+    return d, {}, [SERIES, f"{files[0].name} has RescaleIntercept nan", "non-finite"]
+
+
 CASES = [
     truncated_dicom,
     truncated_dicom_header,
@@ -372,6 +429,15 @@ CASES = [
     zip_damaged_member,
     volume_index_on_3d_nifti,
     zero_pixel_spacing,
+    palette_colour_slice,
+    rgb_photometric_one_sample,
+    mixed_monochrome,
+    bits_stored_above_allocated,
+    high_bit_shifted,
+    pixel_representation_two,
+    values_beyond_bits_stored,
+    rescale_slope_zero,
+    rescale_intercept_not_finite,
 ]
 
 

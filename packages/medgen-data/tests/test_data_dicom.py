@@ -632,3 +632,63 @@ def test_enhanced_out_of_order_frames_documented_simpleitk_difference(ct5n, tmp_
     classic = read_dicom(ct5n)
     np.testing.assert_array_equal(ours.array, classic.array)
     np.testing.assert_array_equal(theirs, classic.array[order])
+
+
+def _twelve_bit_series(tmp_path, values: np.ndarray, signed: bool, sign_extend: bool):
+    """A 5-slice series whose 16-bit words hold ``values`` as 12-bit numbers."""
+    from medgen.data.synthetic.dicom import write_series
+
+    words = values.astype(np.int64) & (0xFFFF if sign_extend else 0x0FFF)
+
+    def edit(k, ds):
+        ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 12, 11, int(signed)
+        ds.PixelData = words[k].astype("<u2").tobytes()
+
+    out = tmp_path / f"twelve_{signed}_{sign_extend}"
+    return out, write_series(out, np.zeros(values.shape, np.int16), edit=edit)
+
+
+@pytest.mark.parametrize(("signed", "sign_extend"), [(False, False), (True, False), (True, True)])
+def test_values_of_fewer_bits_than_allocated_read_as_pydicom_does(tmp_path, signed, sign_extend):
+    """BitsStored 12 in 16-bit words: unsigned 0..4095, signed -2048..2047 with the unused
+    high bits zero (legal; pydicom sign-extends) or sign-extended. The direct read must give
+    pydicom's values, i.e. what the two's complement in 12 bits means."""
+    rng = np.random.default_rng(0)
+    lo, hi = (-2048, 2048) if signed else (0, 4096)
+    values = rng.integers(lo, hi, (5, 16, 16))
+    values[0, 0, :2] = lo, hi - 1  # both ends of the range
+    d, paths = _twelve_bit_series(tmp_path, values, signed, sign_extend)
+    vol = read_dicom(d)
+    for k, path in enumerate(paths):  # in spatial order, as write_series numbers the slices
+        ds = pydicom.dcmread(path)
+        np.testing.assert_array_equal(ds.pixel_array, values[k])  # the reference reads them
+        expected = values[k] * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        np.testing.assert_array_equal(vol.array[k], expected.astype(np.float32))
+
+
+def test_overlay_example_with_twelve_stored_bits_matches_simpleitk():
+    path = need("examples_overlay.dcm")
+    assert pydicom.dcmread(path, stop_before_pixels=True).BitsStored == 12
+    expected = sitk.GetArrayFromImage(sitk.ReadImage(str(path))).astype(np.float32)
+    np.testing.assert_array_equal(read_dicom(path).array, expected)
+
+
+def test_monochrome1_is_read_as_stored_with_a_warning(ct5n, tmp_path):
+    def mono1(i, ds):
+        ds.PhotometricInterpretation = "MONOCHROME1"
+
+    copy_series(ct5n, tmp_path / "m1", mono1)
+    with pytest.warns(UserWarning, match="MONOCHROME1 .*not inverted"):
+        vol = read_dicom(tmp_path / "m1")
+    np.testing.assert_array_equal(vol.array, read_dicom(ct5n).array)
+
+
+def test_missing_photometric_interpretation_is_monochrome2_with_a_warning(ct5n, tmp_path):
+    def drop(i, ds):
+        if i == 1:
+            del ds.PhotometricInterpretation
+
+    copy_series(ct5n, tmp_path / "np", drop)
+    with pytest.warns(UserWarning, match=r"1 file\(s\) without PhotometricInterpretation"):
+        vol = read_dicom(tmp_path / "np")
+    np.testing.assert_array_equal(vol.array, read_dicom(ct5n).array)

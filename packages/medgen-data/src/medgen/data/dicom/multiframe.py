@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from medgen.data.dicom.geometry import GeometryError, stack_geometry
+from medgen.data.dicom.header import check_rescale, photometric, series_photometric
 from medgen.data.dicom.pixels import decode, n_frames, rescale
 from medgen.data.dicom.sources import Member
 from medgen.data.errors import DataError
@@ -65,6 +66,8 @@ def read_multiframe(where: str, member: Member, ds, allow_irregular: bool = Fals
         geom = stack_geometry(positions, orientations, allow_irregular)
     except GeometryError as exc:
         raise DataError(f"{where}: {exc} (frames of {member.name})") from exc
+    series_photometric([(member.name, photometric(ds, member.name, where))], where)
+    check_rescale(ds, member.name, where)
     stored = decode(member, ds, where)
     stored = stored.reshape(frames, int(ds.Rows), int(ds.Columns))
     slices, rescaled = [], False
@@ -72,6 +75,7 @@ def read_multiframe(where: str, member: Member, ds, allow_irregular: bool = Fals
         _, group = _group_value(
             per_frame[f], shared, "PixelValueTransformationSequence", "RescaleSlope"
         )
+        check_rescale(group, f"{member.name} frame {f + 1}", where)
         values, rescaled = rescale(stored[f], group, fallback=ds)
         slices.append(values)
     return np.stack(slices, axis=0), geom, spacings.pop(), rescaled

@@ -1,9 +1,13 @@
 """DICOM pixel values: frame counts, decoding stored values, and rescaling them to float32.
 
-``decode`` reads uncompressed little-endian single frames whose BitsStored equals
-BitsAllocated (the common CT/MR case) straight from the PixelData bytes, and everything else
-(compressed, big-endian, packed bits, multi-frame, float pixels) through pydicom's
-``pixel_array``; both give the same values. ``rescale`` applies RescaleSlope/RescaleIntercept
+``decode`` checks the header fields that say how to read the pixels
+(:mod:`medgen.data.dicom.header`), then reads uncompressed little-endian 8/16/32-bit frames
+straight from the PixelData bytes, and everything else (compressed, big-endian, packed bits,
+float pixels) through pydicom's ``pixel_array``; both give the same values. When BitsStored
+is less than BitsAllocated, the direct read checks that every stored value fits in BitsStored
+(unsigned: the unused high bits are zero; signed: they are zero or a sign extension) and
+sign-extends, where pydicom would silently mask a value that does not fit (BitsStored 12 and
+a stored 5000 read as 904): a header that lies is a DataError naming the file. ``rescale`` applies RescaleSlope/RescaleIntercept
 (so CT is in HU), else a Modality LUT Sequence through pydicom, else a plain cast.
 """
 
@@ -14,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataelem import RawDataElement
 
+from medgen.data.dicom.header import check_bits
 from medgen.data.dicom.sources import Member
 from medgen.data.errors import DataError
 
@@ -41,12 +46,14 @@ def decode(member: Member, ds, where: str) -> np.ndarray:
             f"{where}: {member.name} is a colour image (SamplesPerPixel "
             f"{ds.SamplesPerPixel}); only greyscale series are volumes"
         )
+    check_bits(ds, member.name, where)
     try:
         native = _native_dtype(ds)
         if native is None:
             return ds.pixel_array
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        need = rows * cols * native.itemsize
+        frames, rows, cols = n_frames(ds), int(ds.Rows), int(ds.Columns)
+        count = frames * rows * cols
+        need = count * native.itemsize
         data = _deferred_bytes(member, ds, need)
         if data is None:
             data = ds.PixelData
@@ -55,12 +62,48 @@ def decode(member: Member, ds, where: str) -> np.ndarray:
                 f"the number of bytes of pixel data is less than expected ({len(data)} vs "
                 f"{need} bytes)"
             )
-        return np.frombuffer(data, native, count=rows * cols).reshape(rows, cols)
+        stored = np.frombuffer(data, native, count=count)
+        shape = (rows, cols) if frames == 1 else (frames, rows, cols)
     except Exception as exc:  # pydicom raises several types for truncated/compressed data
         raise DataError(
             f"{where}: cannot decode the pixel data of {member.name} (truncated file or "
             f"unsupported compression: {exc})"
         ) from exc
+    bits = int(ds.get("BitsStored", 0) or 0)
+    if bits < 8 * native.itemsize:
+        stored = _within_stored_bits(stored, bits, member.name, where)
+    return stored.reshape(shape)
+
+
+def _within_stored_bits(raw: np.ndarray, bits: int, name: str, where: str) -> np.ndarray:
+    """``raw`` (signed or unsigned words) as values of ``bits`` bits, checked to fit.
+
+    Unsigned: every value below 2**bits. Signed (two's complement in ``bits`` bits): the
+    unused high bits are all zero (then sign-extended here) or a correct sign extension.
+    """
+    signed = raw.dtype.kind == "i"
+    word = raw.view(raw.dtype.str.replace("i", "u"))
+    high = word >> np.array(bits, word.dtype)
+    ones = np.array((1 << (8 * raw.dtype.itemsize - bits)) - 1, word.dtype)
+    sign = (word >> np.array(bits - 1, word.dtype)) & np.array(1, word.dtype)
+    if signed:
+        bad = (high != 0) & ((high != ones) | (sign == 0))
+    else:
+        bad = high != 0
+    if bad.any():
+        example = raw[bad][0]
+        lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+        raise DataError(
+            f"{where}: {name} has BitsStored {bits} but {int(bad.sum())} stored value(s) do "
+            f"not fit in {bits} bits (e.g. {int(example)}; {bits}-bit "
+            f"{'signed' if signed else 'unsigned'} values are {lo}..{hi}); the header and the "
+            "pixel data disagree"
+        )
+    if not signed:
+        return raw
+    low = word & np.array((1 << bits) - 1, word.dtype)
+    offset = np.array(1 << (bits - 1), word.dtype)
+    return ((low ^ offset).astype(np.int64) - int(offset)).astype(raw.dtype)
 
 
 def _deferred_bytes(member: Member, ds, need: int) -> bytes | None:
@@ -81,15 +124,14 @@ def _deferred_bytes(member: Member, ds, need: int) -> bytes | None:
 
 
 def _native_dtype(ds) -> np.dtype | None:
-    """The dtype of uncompressed little-endian single-frame pixels, or None for pydicom."""
+    """The dtype of uncompressed little-endian 8/16/32-bit pixels, or None for pydicom."""
     syntax = str(getattr(ds, "file_meta", {}).get("TransferSyntaxUID", ""))
     bits = int(ds.get("BitsAllocated", 0) or 0)
     if (
         syntax not in NATIVE_LITTLE_ENDIAN
         or "PixelData" not in ds
-        or n_frames(ds) != 1
         or bits not in (8, 16, 32)
-        or int(ds.get("BitsStored", 0) or 0) != bits
+        or not 0 < int(ds.get("BitsStored", 0) or 0) <= bits
     ):
         return None
     signed = int(ds.get("PixelRepresentation", 0) or 0) == 1

@@ -18,6 +18,9 @@ Design choices (see also :mod:`medgen.data.dicom.geometry` for the tolerances):
   what SimpleITK/GDCM report for a single file, so the two agree.
 - Stored values go through RescaleSlope/RescaleIntercept (per slice) to float32, so CT is in
   HU. A Modality LUT Sequence is applied through pydicom when there is no rescale.
+- Header fields that say how to read the pixels (PhotometricInterpretation, bits, rescale)
+  are checked for sense first, and stored values for fitting BitsStored
+  (:mod:`medgen.data.dicom.header`): a header that lies is an error naming the file.
 - Ids are pseudonyms: the SeriesInstanceUID hashed with a salt (``salt`` argument, else the
   ``MEDGEN_ID_SALT`` environment variable, else a fixed public default, which keeps ids stable
   but is only a pseudonym if the salt is kept secret). ``Volume.meta`` and
@@ -43,6 +46,7 @@ import numpy as np
 import pydicom
 
 from medgen.data.dicom.geometry import GeometryError, stack_geometry
+from medgen.data.dicom.header import check_rescale, photometric, series_photometric
 from medgen.data.dicom.multiframe import read_multiframe
 from medgen.data.dicom.pixels import PIXEL_TAGS, decode, n_frames, rescale
 from medgen.data.dicom.regrid import regrid_slices
@@ -253,9 +257,11 @@ def _classic(where: str, datasets: list, allow_irregular: bool):
     except GeometryError as exc:
         raise DataError(f"{where}: {exc}") from exc
     rows, cols = _size(datasets[0][1])
+    series_photometric([(m.name, photometric(ds, m.name, where)) for m, ds in datasets], where)
     volume, rescaled = np.empty((len(datasets), rows, cols), np.float32), False
     for k, i in enumerate(geom.order):
         member, ds = datasets[i]
+        check_rescale(ds, member.name, where)
         stored = decode(member, ds, where)
         if stored.shape != (rows, cols):
             raise DataError(
