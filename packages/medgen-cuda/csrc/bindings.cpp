@@ -14,6 +14,7 @@
 #include <optional>
 #include <tuple>
 
+#include "cpu/cpu_common.h"
 #include "cpu/cpu_kernels.h"
 #include "medgen_kernels.h"
 
@@ -220,6 +221,8 @@ bool cuda_compiled() {
 #endif
 }
 
+bool cpu_f16c() { return medgen::cpu_detail::half_f16c(); }
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -232,4 +235,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("axpy_step", &axpy_step, "x + c * v with per-sample c", py::arg("x"), py::arg("v"),
         py::arg("coef"));
   m.def("cuda_compiled", &cuda_compiled, "whether the CUDA kernels were compiled in");
+  m.def("cpu_f16c", &cpu_f16c,
+        "whether the CPU kernels convert float16 with F16C (else scalar; "
+        "MEDGEN_CUDA_CPU_NO_F16C=1 at import forces scalar)");
 }

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -103,6 +107,86 @@ def test_cuda_extension_large_threaded_input_equals_reference():
         torch.testing.assert_close(g_, e_, rtol=2e-6, atol=2e-6)
     v = torch.randn(2, 3, 32, 48, 64, generator=g)
     torch.testing.assert_close(mc.haar_dwt(v), reference.haar_dwt(v), rtol=1e-6, atol=1e-6)
+
+
+def _fp16_inputs(n: int, seed: int) -> torch.Tensor:
+    """float16 data from 1e-9 to 1e5 in magnitude (subnormal results, rounding ties, overflow of
+    the float32 result past 65504), with inf, NaN and signed zeros mixed in."""
+    g = torch.Generator().manual_seed(seed)
+    mag = torch.logspace(-9, 5, n)[torch.randperm(n, generator=g)]
+    x = torch.randn(n, generator=g) * mag
+    special = torch.tensor([0.0, -0.0, 65504.0, -65504.0, float("inf"), -float("inf"),
+                            float("nan"), 6e-8, -3e-8, 2049.0, 2051.0, 1.00048828125])  # fmt: skip
+    k = min(n, special.numel())
+    x[torch.randperm(n, generator=g)[:k]] = special[:k]
+    return x.half()
+
+
+def _fp16_outputs(ops=mc) -> list[torch.Tensor]:
+    """float16 outputs of every op (``ops``: medgen.cuda or its reference) over lengths that cover
+    the 8/16-lane conversion loops, their tails and several staged blocks (512 elements), with
+    per-sample coefficient rows."""
+    outs: list[torch.Tensor] = []
+    a_t = torch.tensor([0.003, 0.7], dtype=torch.float64)
+    a_p = torch.tensor([0.01, 0.75], dtype=torch.float64)
+    for i, n in enumerate((5, 8, 23, 48, 600, 1500)):
+        x, m, e = (_fp16_inputs(2 * n, 10 * i + j).reshape(2, n) for j in range(3))
+        for kw in (
+            {},
+            dict(eta=1.0, noise=e),
+            dict(clip_x0=1.0),
+            dict(eta=0.5, noise=e, clip_x0=2.0),
+        ):
+            outs += ops.ddim_step(x, m, a_t, a_p, **kw)
+        outs += ops.ddpm_step(x, m, a_t, a_p, noise=e)
+        outs.append(ops.euler_step(x, m, 0.9, torch.tensor([0.1, -3.0])))
+    for shape in ((1, 2, 4, 6), (2, 1, 2, 16), (1, 2, 4, 40), (1, 1, 2, 600), (1, 1, 2, 4, 6),
+                  (1, 1, 2, 2, 40), (1, 2, 2, 4, 600)):  # fmt: skip
+        numel = torch.Size(shape).numel()
+        x = _fp16_inputs(numel, numel).reshape(shape) * 100
+        nd = len(shape) - 2
+        w = _fp16_inputs(numel, numel + 1) * 100
+        w = w.reshape(shape[0], shape[1] << nd, *(d // 2 for d in shape[2:]))
+        outs += [ops.haar_dwt(x), ops.haar_idwt(w)]
+    return outs
+
+
+def _fp16_bits(t: torch.Tensor) -> torch.Tensor:
+    """Bit patterns with every NaN made the same (the NaN payload is not part of the contract)."""
+    return torch.where(torch.isnan(t), torch.full_like(t, float("nan")), t).view(torch.int16)
+
+
+@needs_extension
+def test_cuda_extension_fp16_vector_path_equals_reference():
+    for out, exp in zip(_fp16_outputs(), _fp16_outputs(reference), strict=True):
+        torch.testing.assert_close(out, exp, **TOL[torch.float16], equal_nan=True)
+        assert torch.isfinite(out).sum() >= torch.isfinite(exp).sum()
+
+
+@needs_extension
+def test_cuda_extension_fp16_f16c_path_equals_scalar_path(tmp_path):
+    """The F16C conversion (chosen at run time) and the scalar c10::Half one give the same bits:
+    same rounding (nearest even), same saturation at +-65504, NaN kept."""
+    from medgen.cuda import _C
+
+    if not _C.cpu_f16c():
+        pytest.skip("this CPU has no F16C: only the scalar path runs")
+    script = (
+        "import importlib.util, sys, torch\n"
+        "from medgen.cuda import _C\n"
+        "assert not _C.cpu_f16c()\n"
+        f"spec = importlib.util.spec_from_file_location('t', {str(Path(__file__))!r})\n"
+        "t = importlib.util.module_from_spec(spec); spec.loader.exec_module(t)\n"
+        "torch.save(t._fp16_outputs(), sys.argv[1])\n"
+    )
+    path = tmp_path / "scalar.pt"
+    env = {**os.environ, "MEDGEN_CUDA_CPU_NO_F16C": "1"}
+    subprocess.run([sys.executable, "-c", script, str(path)], env=env, check=True, timeout=300)
+    scalar = torch.load(path)
+    vector = _fp16_outputs()
+    assert len(scalar) == len(vector)
+    for i, (v, s_) in enumerate(zip(vector, scalar, strict=True)):
+        assert torch.equal(_fp16_bits(v), _fp16_bits(s_)), f"output {i} differs"
 
 
 @needs_gpu

@@ -4,6 +4,8 @@
 // along W, then H, then D, then one scale by 2^(-ND/2); the butterfly index is the subband index
 // 4*bD + 2*bH + bW (WDM-3D order). Work is split over output rows (b, c, d2, h2); each task
 // streams 2^(ND-1) input rows and 2^ND subband rows, so every byte is read and written once.
+// float16 rows run the float32 row kernels on L1-sized float copies (staged_half, vectorised
+// conversion); converting element by element through c10::Half was 3-5x slower than bfloat16.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -139,6 +141,58 @@ void row3_inv(const T* __restrict__ i0, const T* __restrict__ i1, const T* __res
     r3[2 * w] = from_acc<T>(v6);
     r3[2 * w + 1] = from_acc<T>(v7);
   }
+}
+
+// float16: the same row kernels in float32 on staged copies (spatial rows hold 2 elements per
+// output column, subband rows 1).
+using cpu_detail::staged_half;
+using H16 = c10::Half;
+
+template <>
+void row2_fwd<H16>(const H16* __restrict__ r0, const H16* __restrict__ r1, H16* __restrict__ o0,
+                   H16* __restrict__ o1, H16* __restrict__ o2, H16* __restrict__ o3, int64_t W2) {
+  const H16* const in[2] = {r0, r1};
+  H16* const out[4] = {o0, o1, o2, o3};
+  staged_half<2, 2, 4, 1>(in, out, W2, [](float* const* i, float* const* o, int64_t len) {
+    row2_fwd<float>(i[0], i[1], o[0], o[1], o[2], o[3], len);
+  });
+}
+
+template <>
+void row2_inv<H16>(const H16* __restrict__ i0, const H16* __restrict__ i1,
+                   const H16* __restrict__ i2, const H16* __restrict__ i3, H16* __restrict__ r0,
+                   H16* __restrict__ r1, int64_t W2) {
+  const H16* const in[4] = {i0, i1, i2, i3};
+  H16* const out[2] = {r0, r1};
+  staged_half<4, 1, 2, 2>(in, out, W2, [](float* const* i, float* const* o, int64_t len) {
+    row2_inv<float>(i[0], i[1], i[2], i[3], o[0], o[1], len);
+  });
+}
+
+template <>
+void row3_fwd<H16>(const H16* __restrict__ r0, const H16* __restrict__ r1,
+                   const H16* __restrict__ r2, const H16* __restrict__ r3, H16* __restrict__ o0,
+                   H16* __restrict__ o1, H16* __restrict__ o2, H16* __restrict__ o3,
+                   H16* __restrict__ o4, H16* __restrict__ o5, H16* __restrict__ o6,
+                   H16* __restrict__ o7, int64_t W2) {
+  const H16* const in[4] = {r0, r1, r2, r3};
+  H16* const out[8] = {o0, o1, o2, o3, o4, o5, o6, o7};
+  staged_half<4, 2, 8, 1>(in, out, W2, [](float* const* i, float* const* o, int64_t len) {
+    row3_fwd<float>(i[0], i[1], i[2], i[3], o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7], len);
+  });
+}
+
+template <>
+void row3_inv<H16>(const H16* __restrict__ i0, const H16* __restrict__ i1,
+                   const H16* __restrict__ i2, const H16* __restrict__ i3,
+                   const H16* __restrict__ i4, const H16* __restrict__ i5,
+                   const H16* __restrict__ i6, const H16* __restrict__ i7, H16* __restrict__ r0,
+                   H16* __restrict__ r1, H16* __restrict__ r2, H16* __restrict__ r3, int64_t W2) {
+  const H16* const in[8] = {i0, i1, i2, i3, i4, i5, i6, i7};
+  H16* const out[4] = {r0, r1, r2, r3};
+  staged_half<8, 1, 4, 2>(in, out, W2, [](float* const* i, float* const* o, int64_t len) {
+    row3_inv<float>(i[0], i[1], i[2], i[3], i[4], i[5], i[6], i[7], o[0], o[1], o[2], o[3], len);
+  });
 }
 
 template <int ND, bool FORWARD, typename T>
