@@ -1,14 +1,14 @@
 """medgen.models: schedules, diffusion strategies, samplers, spaces and conditioned networks.
 
 Layout: :mod:`.strategies` (schedules, timesteps, DDPM, rectified flow, the Strategy
-protocol), :mod:`.samplers`, :mod:`.networks` (the Network protocol, ConditionedUNet),
+protocol), :mod:`.samplers`, :mod:`.networks` (the Network protocol, ConditionedUNet, DiT, HDiT, UViT),
 :mod:`.conditioning`, :mod:`.spaces`, :mod:`.losses`. The names below are the public surface.
 """
 
 from medgen.models import conditioning, losses, networks, samplers, spaces, strategies
 from medgen.models.conditioning import Conditioning, FiLM, ModeEmbedding, TokenEmbedding
 from medgen.models.losses import diffusion_loss, masked_mean_per_sample, min_snr_weight
-from medgen.models.networks import ConditionedUNet, Network
+from medgen.models.networks import ConditionedUNet, DiT, HDiT, Network, UViT
 from medgen.models.samplers import ddim
 from medgen.models.spaces import (
     LatentSpace,
@@ -37,7 +37,9 @@ __all__ = [
     "STRATEGIES",
     "ConditionedUNet",
     "Conditioning",
+    "DiT",
     "FiLM",
+    "HDiT",
     "LatentSpace",
     "ModeEmbedding",
     "Network",
@@ -47,6 +49,7 @@ __all__ = [
     "SpaceToDepth",
     "Strategy",
     "TokenEmbedding",
+    "UViT",
     "WaveletSpace",
     "conditioning",
     "ddim",

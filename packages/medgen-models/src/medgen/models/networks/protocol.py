@@ -1,4 +1,4 @@
-"""The network protocol: what every denoising network (UNet now; DiT, HDiT, UViT later) is.
+"""The network protocol: what every denoising network (ConditionedUNet, DiT, HDiT, UViT) is.
 
 ``forward(x, t, conditioning)`` with
 

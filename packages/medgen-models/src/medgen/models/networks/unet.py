@@ -18,6 +18,7 @@ from medgen.models.conditioning import (
     concat_priors,
     validate_token_count,
 )
+from medgen.models.conditioning.context import as_conditioning, check_fields
 
 
 class ConditionedUNet(nn.Module):
@@ -119,26 +120,12 @@ class ConditionedUNet(nn.Module):
             "size_bins": self.size_film is not None,
             "priors": self.prior_channels > 0,
             "context": self.net.with_conditioning,
-        }
-        for name, has in built.items():
-            given = getattr(cond, name) is not None
-            if given and not has:
-                raise ValueError(f"ConditionedUNet got {name} but was built without it")
-            if has and not given:
-                raise ValueError(f"ConditionedUNet was built with {name} but got none")
+        }  # a ControlNet's control map goes to its branch (ControlledUNet), never here
+        check_fields("ConditionedUNet", cond, built)
 
     def embedding(self, t: torch.Tensor, cond: Conditioning, dtype: torch.dtype) -> torch.Tensor:
         """The conditioned timestep embedding (B, emb_dim) every residual block receives."""
-        net = self.net
-        t_emb = get_timestep_embedding(t.to(torch.float32), net.block_out_channels[0])
-        emb = net.time_embed(t_emb.to(dtype))
-        if cond.token is not None:
-            emb = emb + self.token_embedding(cond.token).to(emb.dtype)
-        if cond.mode is not None:
-            emb = emb + self.mode_embedding(cond.mode).to(emb.dtype)
-        if cond.size_bins is not None:
-            emb = self.size_film(emb, cond.size_bins)
-        return emb
+        return conditioned_embedding(self, self.net, t, cond, dtype)
 
     def forward(
         self,
@@ -157,7 +144,7 @@ class ConditionedUNet(nn.Module):
         ``DiffusionModelUNet.forward`` does with a ``monai.networks.nets.ControlNet``'s outputs.
         A wrong count or shape is a ValueError naming what was expected.
         """
-        cond = _as_conditioning(cond)
+        cond = as_conditioning(cond)
         self._check_fields(cond)
         extra = self._check_residual_count(down_block_additional_residuals)
         if cond.priors is not None:
@@ -202,14 +189,21 @@ class ConditionedUNet(nn.Module):
         return residuals
 
 
-def _as_conditioning(cond: Conditioning | Mapping | torch.Tensor | None) -> Conditioning:
-    if cond is None:
-        return Conditioning()
-    if isinstance(cond, torch.Tensor):
-        return Conditioning(token=cond)
-    if isinstance(cond, Mapping):
-        return Conditioning(**cond)
-    return cond
+def conditioned_embedding(
+    owner: nn.Module, net: nn.Module, t: torch.Tensor, cond: Conditioning, dtype: torch.dtype
+) -> torch.Tensor:
+    """MONAI's timestep embedding of ``net`` (float32 time features, then ``net.time_embed``)
+    plus ``owner``'s token and mode embeddings, FiLM-ed by its size bins: what
+    :class:`ConditionedUNet` and a ControlNet branch of it feed their residual blocks."""
+    t_emb = get_timestep_embedding(t.to(torch.float32), net.block_out_channels[0])
+    emb = net.time_embed(t_emb.to(dtype))
+    if cond.token is not None:
+        emb = emb + owner.token_embedding(cond.token).to(emb.dtype)
+    if cond.mode is not None:
+        emb = emb + owner.mode_embedding(cond.mode).to(emb.dtype)
+    if cond.size_bins is not None:
+        emb = owner.size_film(emb, cond.size_bins)
+    return emb
 
 
 def _check_shapes(
