@@ -4,8 +4,8 @@ Per update: ``grad_accum`` micro-batches from the :class:`BatchSource`; then, fo
 objective, its loss under autocast (bf16, or fp16 with a GradScaler), backward through
 ``DistributedDataParallel`` (gradients averaged over ranks; ``no_sync`` on all but the last
 micro-batch), unscale, clip, the NaN guard (a non-finite loss or gradient skips the
-objective's step; an optimizer step that leaves a non-finite weight stops the run), the
-optimizer step and its LR schedule. Then the EMA of the trained modules, logging
+objective's step; an optimizer step that leaves a non-finite weight is rolled back to the last
+verified in-memory snapshot; see :mod:`.nan_guard`), the optimizer step and its LR schedule. Then the EMA of the trained modules, logging
 (``metrics.csv``, TensorBoard, tqdm), evaluation on every rank, checkpoints, and the stop
 check (SIGTERM / SIGUSR1 / SIGINT -> checkpoint -> :class:`Preempted`).
 
@@ -38,7 +38,7 @@ from medgen.train.engine.ema import EMA
 from medgen.train.engine.evaluators import reduce, write_images
 from medgen.train.engine.log_window import LogWindow
 from medgen.train.engine.metrics_log import MetricsLog
-from medgen.train.engine.nan_guard import NanGuard, all_finite
+from medgen.train.engine.nan_guard import NanGuard, Snapshot, all_finite
 from medgen.train.engine.objectives import Nets, TrainingSetup
 from medgen.train.engine.optim import ObjectiveOptimizer, build_optimizer, build_scheduler
 from medgen.train.engine.preemption import Preempted, StopFlag
@@ -59,6 +59,7 @@ class FitResult:
     resumed_from: int  # 0 for a fresh run
     skipped_updates: int
     checkpoint: Path | None
+    rollbacks: int = 0  # optimizer steps undone because they left a non-finite weight
     rows: list[dict] = field(default_factory=list)
     eval_rows: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # e.g. checkpoints skipped on resume
@@ -127,7 +128,24 @@ class _Run:
         self.ema = None
         if s.ema_decay > 0 and ema_names:
             self.ema = EMA({n: setup.modules[n] for n in ema_names}, s.ema_decay, s.ema_warmup)
-        self.guard = NanGuard(s.max_consecutive_skips)
+        self.guard = NanGuard(s.max_consecutive_skips, s.max_rollbacks)
+        # what a rollback restores: per objective its weights, floating buffers and
+        # optimizer state; the EMA copies and count (see nan_guard.Snapshot)
+        self.snapshots = {
+            name: Snapshot([*opt.params, *self._buffers(opt.objective.modules)], opt.optimizer)
+            for name, opt in self.opts.items()
+        }
+        self.ema_snapshot = None
+        if self.ema is not None:
+            ema_tensors = [
+                t for m in self.ema.modules.values() for t in (*m.parameters(), *m.buffers())
+            ]
+            self.ema_snapshot = Snapshot([t for t in ema_tensors if t.is_floating_point()], None)
+        self.ema_snapshot_updates = 0
+        self.unverified_since: int | None = None  # the step that made the weights, until a
+        # finite loss is seen on them
+        self.pending_checkpoint: Path | None = None  # written, its weights not yet verified
+        self.good_checkpoint: Path | None = None  # weights that then gave a finite loss
         self.step = self.resumed_from = 0
         self.last_checkpoint: Path | None = None
         self.last_eval: dict = {}
@@ -154,6 +172,49 @@ class _Run:
                 raise
             self.failure = self.failure or exc
 
+    def _buffers(self, names) -> list[torch.Tensor]:
+        return [b for n in names for b in self.setup.modules[n].buffers() if b.is_floating_point()]
+
+    # -- the NaN guard's rollback ----------------------------------------------------------
+    def _verified(self) -> None:
+        """The current weights gave a finite loss: they, and a checkpoint of them, are good."""
+        self.unverified_since = None
+        if self.pending_checkpoint is not None:
+            self.good_checkpoint, self.pending_checkpoint = self.pending_checkpoint, None
+
+    def _good(self) -> str | None:
+        return str(self.good_checkpoint) if self.good_checkpoint is not None else None
+
+    def _take_snapshot(self, opt: ObjectiveOptimizer) -> None:
+        """Before a step whose loss and gradient are finite, every ``snapshot_every``
+        updates: the objective's state, and the EMA as it is before this update's."""
+        snap = self.snapshots[opt.objective.name]
+        if snap.step >= 0 and self.step - snap.step < self.s.snapshot_every:
+            return
+        snap.take(self.step)
+        if self.ema_snapshot is not None and self.ema_snapshot.step != self.step:
+            self.ema_snapshot.take(self.step)
+            self.ema_snapshot_updates = self.ema.num_updates
+
+    def _restore(self) -> int:
+        """Every objective and the EMA back to their snapshots; the oldest snapshot's step."""
+        steps = []
+        for snap in self.snapshots.values():
+            if snap.step >= 0:
+                snap.restore()
+                steps.append(snap.step)
+        if self.ema_snapshot is not None and self.ema_snapshot.step >= 0:
+            self.ema_snapshot.restore()
+            self.ema.num_updates = self.ema_snapshot_updates
+        self.unverified_since = None
+        self.pending_checkpoint = None  # its weights are no longer the ones trained on
+        return min(steps, default=self.step)
+
+    def _roll_back(self, opt: ObjectiveOptimizer, what: str) -> None:
+        since = self._restore()
+        o = opt.settings
+        self.guard.rolled_back(self.step, opt.objective.name, what, o.lr, since, self._good())
+
     # -- checkpoints ---------------------------------------------------------------------
     def resume(self) -> None:
         """Continue from the newest checkpoint that verifies (see :mod:`.snapshot`)."""
@@ -164,7 +225,9 @@ class _Run:
         return snapshot.save(self)
 
     # -- one update ----------------------------------------------------------------------
-    def _objective_step(self, opt: ObjectiveOptimizer, micro: list, window: LogWindow) -> bool:
+    def _objective_step(self, opt: ObjectiveOptimizer, micro: list, window: LogWindow) -> str:
+        """One objective's update: ``"ok"``, ``"skipped"`` (a non-finite loss or gradient)
+        or ``"rolled back"`` (the step made a weight non-finite)."""
         s, obj = self.s, opt.objective
         amp = AMP_DTYPES.get(s.amp)
         opt.optimizer.zero_grad(set_to_none=True)
@@ -187,15 +250,21 @@ class _Run:
             opt.scaler.unscale_(opt.optimizer)
         max_norm = opt.grad_clip if opt.grad_clip > 0 else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(opt.params, max_norm))
-        ok = NanGuard.finite(loss_value, grad_norm)
-        if ok:
+        if math.isfinite(loss_value):
+            self._verified()
+        status = "ok" if NanGuard.finite(loss_value, grad_norm) else "skipped"
+        if status == "ok":
+            self._take_snapshot(opt)
             if opt.scaler is not None:
                 opt.scaler.step(opt.optimizer)
             else:
                 opt.optimizer.step()
-            if not all_finite(opt.params):
-                last = str(self.last_checkpoint) if self.last_checkpoint else None
-                raise NanGuard.weights_failed(self.step, obj.name, last)
+            if all_finite(self.snapshots[obj.name].tensors):
+                self.guard.stepped()
+                self.unverified_since = self.step
+            else:
+                status = "rolled back"
+                self._roll_back(opt, "weights")
         if opt.scaler is not None:
             opt.scaler.update()
         with warnings.catch_warnings():  # a skipped update is no reason to warn
@@ -203,18 +272,33 @@ class _Run:
             opt.scheduler.step()
         suffix = "" if len(self.opts) == 1 else f"_{obj.name}"
         window.add({f"loss{suffix}": loss_value, f"grad_norm{suffix}": grad_norm})
-        return ok
+        return status
 
     def update(self, window: LogWindow) -> None:
         micro = [self.batches.next_batch() for _ in range(self.s.grad_accum)]
-        ok = True
+        statuses = []
         for opt in self.opts.values():
             if self.step >= opt.objective.start_step:
-                ok = self._objective_step(opt, micro, window) and ok
-        if ok and self.ema is not None:
+                statuses.append(self._objective_step(opt, micro, window))
+                if statuses[-1] == "rolled back":
+                    break  # every objective is back at its snapshot
+        skipped = "skipped" in statuses
+        if "rolled back" not in statuses and not skipped and self.ema is not None:
             self.ema.update(self.setup.modules)
-        last = str(self.last_checkpoint) if self.last_checkpoint else None
-        self.guard.record(ok, self.step, last)
+            if not all_finite(self.ema_snapshot.tensors):
+                opt = next(iter(self.opts.values()))
+                self._roll_back(opt, "the EMA")
+        unverified = self.unverified_since
+        if skipped and unverified is not None and self.guard.consecutive + 1 >= self.guard.limit:
+            # the weights a step made never gave a finite loss (lr=1e30: finite weights of
+            # ~1e30): back to the verified state before the guard stops the run
+            pending = self.pending_checkpoint
+            self._restore()
+            self.guard.rollbacks += 1
+            if pending is not None and self.main:
+                with self.writes():
+                    snapshot.reject(self, pending)
+        self.guard.record(not skipped, self.step, self._good(), unverified)
         self.step += 1
 
     # -- logging and evaluation ----------------------------------------------------------
@@ -235,6 +319,7 @@ class _Run:
             **lrs,
             **norms,
             "skipped_updates": self.guard.skipped,
+            "rollbacks": self.guard.rollbacks,
             "ema_decay": self.ema.current_decay() if self.ema is not None else 0.0,
             "images_per_s": window.images / max(window.seconds, 1e-9),
             "peak_mem_mb": _peak_memory_mb(self.device),
@@ -371,6 +456,7 @@ def fit(
         resumed_from=run.resumed_from,
         skipped_updates=run.guard.skipped,
         checkpoint=run.last_checkpoint,
+        rollbacks=run.guard.rollbacks,
         rows=run.log.rows if run.log is not None else run.rows,
         eval_rows=run.eval_log.rows if run.eval_log is not None else run.eval_rows,
         notes=run.notes,

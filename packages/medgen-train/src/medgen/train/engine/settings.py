@@ -45,6 +45,8 @@ class EngineSettings(OptimizerSettings):
     # stability
     amp: str = setting("none", choices=AMP_MODES)  # bf16 autocast, or fp16 + GradScaler
     max_consecutive_skips: int = setting(20, min=1)  # non-finite updates in a row, then stop
+    max_rollbacks: int = setting(3, min=1)  # rolled-back steps in a row, then stop
+    snapshot_every: int = setting(1, min=1)  # updates between in-memory rollback snapshots
     # EMA
     ema_decay: float = setting(0.999, min=0, lt=1)  # 0 disables EMA
     ema_warmup: bool = True

@@ -7,10 +7,13 @@ state and RNG states; ``state.json`` records step, data position, world size, me
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 from medgen.train import checkpoint
 from medgen.train.engine import distributed
+from medgen.train.engine.nan_guard import NonFiniteError, all_finite
 from medgen.train.errors import CheckpointError
 
 
@@ -65,6 +68,7 @@ def restore(run) -> None:
     checkpoint.set_rng_state(mine["rng"])
     run.step = run.resumed_from = int(state["step"])
     run.last_checkpoint = ckpt
+    run.pending_checkpoint = ckpt  # good once its weights give a finite loss here
     run.notes.append(f"resumed from {ckpt.name} (step {run.step})")
     if run.log is not None:
         run.log.resume_at(run.step)
@@ -72,9 +76,26 @@ def restore(run) -> None:
 
 
 def save(run) -> Path | None:
-    """Write a checkpoint of ``run`` (rank 0), every rank learning of a failed write."""
+    """Write a checkpoint of ``run`` (rank 0), every rank learning of a failed write.
+
+    Never from non-finite weights (:class:`NonFiniteError`; the NaN guard rolls such steps
+    back, so this is a last line), and not while the weights a step made have given only
+    non-finite losses (a note says so; the last good checkpoint stays the newest)."""
     if run.run_dir is None:
         return None
+    if run.guard.consecutive > 0 and run.unverified_since is not None:
+        run.notes.append(
+            f"step {run.step}: no checkpoint written: every loss since update "
+            f"{run.unverified_since + 1} changed the weights was non-finite"
+        )
+        return None
+    tensors = [t for snap in run.snapshots.values() for t in snap.tensors]
+    tensors += run.ema_snapshot.tensors if run.ema_snapshot is not None else []
+    if not all_finite(tensors):
+        raise NonFiniteError(
+            f"step {run.step}: the weights or their EMA are not finite; no checkpoint written "
+            f"(last good checkpoint: {run.good_checkpoint or 'none verified yet'})"
+        )
     ranks = distributed.gather(
         {"task": _state_of(run.setup.state), "rng": checkpoint.rng_state()}, run.ctx
     )
@@ -84,6 +105,11 @@ def save(run) -> Path | None:
             path = _write_checkpoint(run, ranks)
     distributed.raise_if_failed(run.failure, run.ctx)  # also the barrier after the write
     run.last_checkpoint = path or run.last_checkpoint
+    if path is not None:
+        if run.unverified_since is None:  # e.g. weights just rolled back to a verified state
+            run.good_checkpoint = path
+        else:
+            run.pending_checkpoint = path
     return path
 
 
@@ -108,6 +134,7 @@ def _write_checkpoint(run, ranks: list) -> Path:
             "data_position": position,
             "world_size": run.ctx.world_size,
             "skipped_updates": run.guard.skipped,
+            "rollbacks": run.guard.rollbacks,
             "metrics": metrics,
         },
         files=run.files,
@@ -116,3 +143,19 @@ def _write_checkpoint(run, ranks: list) -> Path:
         checkpoint.update_best(run.run_dir, path, run.s.best_metric, run.s.best_mode)
     checkpoint.prune(run.run_dir, run.s.keep_last)
     return path
+
+
+def reject(run, ckpt: Path) -> None:
+    """Move checkpoint ``ckpt`` (written from weights that then gave only non-finite losses)
+    to ``checkpoints/rejected/``; ``latest`` goes back to the last good one, so a resume
+    never starts from it."""
+    root = ckpt.parent
+    rejected = root / "rejected"
+    rejected.mkdir(exist_ok=True)
+    os.replace(ckpt, rejected / f"{ckpt.name}-unverified-{time.strftime('%Y%m%d-%H%M%S')}")
+    good = run.good_checkpoint
+    if good is not None and good.is_dir():
+        checkpoint.store.link(root, "latest", good)
+    else:
+        (root / "latest").unlink(missing_ok=True)
+    run.last_checkpoint = good

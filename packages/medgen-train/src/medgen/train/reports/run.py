@@ -85,7 +85,8 @@ def write_run_report(
             "## Training",
             "",
             f"Final loss {last.get('loss', float('nan')):.4f} at step {last['step']}; "
-            f"{ips:.0f} images/s on average; {last['skipped_updates']} skipped updates; peak "
+            f"{ips:.0f} images/s on average; {last['skipped_updates']} skipped updates, "
+            f"{last.get('rollbacks', 0)} rollbacks; peak "
             f"memory {last['peak_mem_mb']:.0f} MB.",
             "",
             "![curves](report/curves.png)",
