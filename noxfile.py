@@ -27,6 +27,8 @@ NEEDS = {
     "train": ("cuda", "data", "models", "train"),
 }
 TEST_EXTRAS = ("pytest>=8", "scikit-image", "PyWavelets", "diffusers>=0.30", "pyyaml", "nilearn")
+# The dataset-layout tests' independent references (BIDS reading, nnU-Net's own fingerprint).
+LAYOUT_EXTRAS = ("pybids", "nnunetv2")
 
 nox.options.default_venv_backend = "venv"
 nox.options.sessions = ["tests"]
@@ -49,6 +51,18 @@ def install_medgen(session: nox.Session, *names: str, constraints: bool = True) 
         session.install(*pin, *rest)
 
 
+def install_test_extras(session: nox.Session, layouts: bool = True) -> None:
+    """The test dependencies; with ``layouts``, nnunetv2 and pybids too, then torchvision out.
+
+    nnunetv2 pulls torchvision (through timm), and the registry's torchvision wheel is a CUDA
+    build whose operators do not register beside the CPU torch wheel: ``import torchvision``
+    raises, and diffusers (which imports it when present) with it. nnU-Net's fingerprint and
+    planner, all the tests use of it, never import torchvision, so it is removed again."""
+    session.install("-c", CONSTRAINTS, *TEST_EXTRAS, *(LAYOUT_EXTRAS if layouts else ()))
+    if layouts:
+        session.run("python", "-m", "pip", "uninstall", "-y", "-q", "torchvision")
+
+
 def pytest_args(session: nox.Session, *paths: str) -> list[str]:
     return ["pytest", *paths, *session.posargs]
 
@@ -58,7 +72,7 @@ def tests(session: nox.Session) -> None:
     """Every package's tests plus the root cross-package tests (the CI entry point)."""
     install_torch(session)
     install_medgen(session, "cuda", "data", "models", "train")
-    session.install("-c", CONSTRAINTS, *TEST_EXTRAS)
+    install_test_extras(session)
     paths = [str(p / "tests") for p in PACKAGES.values()] + [str(ROOT / "tests")]
     session.run(*pytest_args(session, *paths), env={"MEDGEN_QUIET": "1"})
 
@@ -67,7 +81,7 @@ def _package_session(name: str):
     def run(session: nox.Session) -> None:
         install_torch(session)
         install_medgen(session, *NEEDS[name])
-        session.install("-c", CONSTRAINTS, *TEST_EXTRAS)
+        install_test_extras(session, layouts=name in ("data", "train"))
         session.run(*pytest_args(session, str(PACKAGES[name] / "tests")))
 
     run.__doc__ = f"Tests of medgen-{name} alone, installed with only its declared dependencies."

@@ -13,8 +13,12 @@ from medgen.data.cache.recipe import CacheRecipe
 from medgen.data.cache.shards import open_shard, read_manifest, verify_cache
 from medgen.data.cache.sources import Subject, resolve_sources
 from medgen.data.dicom import SeriesInfo, list_series, read_dicom, series_key
-from medgen.data.errors import CacheError, CacheWarning, DataError
+from medgen.data.errors import CacheError, CacheWarning, DataError, DatasetError
 from medgen.data.intensity import WINDOW_PRESETS, percentile_scale, window, zscore
+from medgen.data.layouts.dataset import LayoutDataset
+from medgen.data.layouts.detect import detect_layout
+from medgen.data.layouts.read import read_layout
+from medgen.data.layouts.source import LayoutSource
 from medgen.data.loading.collate import PairDataset, collate_padded, pad_stack
 from medgen.data.loading.samplers import (
     ClassBalancedSampler,
@@ -37,6 +41,7 @@ from medgen.data.slicing.zbin import (
     z_bin_bounds,
     z_bin_to_index,
 )
+from medgen.data.synthetic.layouts import write_layout_dataset
 from medgen.data.synthetic.phantoms import write_demo_dataset
 from medgen.data.templates import mni152_path
 from medgen.data.volume import Volume, pseudonym
@@ -52,7 +57,10 @@ __all__ = [
     "CacheWarning",
     "ClassBalancedSampler",
     "DataError",
+    "DatasetError",
     "GroupedBatchSampler",
+    "LayoutDataset",
+    "LayoutSource",
     "PairDataset",
     "ResumableBatchSampler",
     "SeriesInfo",
@@ -66,6 +74,7 @@ __all__ = [
     "collate_padded",
     "config_hash",
     "decode_mask",
+    "detect_layout",
     "encode_mask",
     "list_series",
     "mni152_path",
@@ -79,6 +88,7 @@ __all__ = [
     "pseudonym",
     "quantize_z",
     "read_dicom",
+    "read_layout",
     "read_manifest",
     "read_nifti",
     "read_volume",
@@ -91,6 +101,7 @@ __all__ = [
     "verify_cache",
     "window",
     "write_demo_dataset",
+    "write_layout_dataset",
     "write_nifti",
     "z_bin_bounds",
     "z_bin_to_index",

@@ -1,7 +1,8 @@
 """The ``medgen-train`` command line.
 
 Exit status: 0 done; 2 bad input, config, data, checkpoint or run directory (one line on
-stderr naming the file or key, nothing of value written), also when the NaN guard stops a
+stderr naming the file or key, nothing of value written; a dataset folder that disagrees
+with its dataset.json: a summary line, then one line per problem), also when the NaN guard stops a
 run; 75 stopped by SIGTERM / SIGUSR1 after writing a checkpoint (requeue me); 130 stopped by
 Ctrl-C after writing a checkpoint.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from medgen.data import DataError
+from medgen.data import DataError, DatasetError
 from medgen.train.commands import COMMANDS
 from medgen.train.engine.preemption import Preempted
 from medgen.train.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, MedGenError
@@ -49,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as exc:
         print(f"medgen-train: {exc}", file=sys.stderr)
         return exc.exit_code
+    except DatasetError as exc:  # every problem of a dataset folder: a summary, one per line
+        print(f"medgen-train: error: {exc.summary}", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {_one_line(problem)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except (MedGenError, DataError) as exc:
         print(f"medgen-train: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -42,12 +42,14 @@ from medgen.data.errors import CacheError, CacheWarning, DataError
 @dataclass
 class BuildReport:
     """What a build did: shard files ``built`` now, ``reused`` from earlier runs, files
-    ``removed`` (temporary, untrusted or stale), and the ``manifest`` written."""
+    ``removed`` (temporary, untrusted or stale), ``damaged`` (rebuilt, with a warning), and
+    the ``manifest`` written."""
 
     directory: Path
     built: list[str] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)  # shards found damaged and rebuilt
     manifest: dict = field(default_factory=dict)
 
     def summary(self) -> str:
@@ -144,6 +146,14 @@ def _build_one(subject, modalities, recipe, meta, shard_dir, name) -> dict:
     return write_shard(shard_dir, name, arrays, meta)
 
 
+def recipe_processing_hash(recipe: CacheRecipe, modalities) -> str:
+    """The part of every shard key the recipe decides: a hash of the modalities and of every
+    field of :meth:`CacheRecipe.processing` (all but where the data is and how it is split).
+    The resolved ``modalities`` come last: the recipe's own ``modalities`` field (often ``()``,
+    "all of them") must not overwrite them."""
+    return config_hash({**recipe.processing(), "modalities": list(modalities)})
+
+
 def build_cache(recipe: CacheRecipe, quiet: bool = False, wait: bool = False) -> BuildReport:
     """Build (or finish, or re-split) the cache ``recipe`` describes in ``recipe.out``.
 
@@ -154,7 +164,7 @@ def build_cache(recipe: CacheRecipe, quiet: bool = False, wait: bool = False) ->
     modalities = select_modalities(subjects, recipe.modalities)
     _check_subjects(subjects, recipe)
     hashes = _hash_sources(subjects, modalities, quiet)
-    processing_hash = config_hash({"modalities": list(modalities), **recipe.processing()})
+    processing_hash = recipe_processing_hash(recipe, modalities)
     keys = [
         shard_key(recipe.kind, processing_hash, s.pseudonym, h)
         for s, h in zip(subjects, hashes, strict=True)
@@ -176,6 +186,14 @@ def _build_locked(recipe, directory, subjects, modalities, hashes, names, proces
             sidecars[name] = meta
             report.reused.append(name)
             continue
+        if (shard_dir / name).exists() and sidecar_path(shard_dir / name).exists():
+            # a finished shard whose bytes no longer match its sidecar: damaged on disk
+            warnings.warn(
+                f"{shard_dir / name}: damaged (sha256 differs from its sidecar); rebuilding it",
+                CacheWarning,
+                stacklevel=2,
+            )
+            report.damaged.append(name)
         for stale in (shard_dir / name, sidecar_path(shard_dir / name)):
             if stale.exists():
                 stale.unlink()
@@ -202,11 +220,20 @@ def subject_class(sidecar: dict) -> int:
 
 
 def _split(subjects, shards, recipe) -> dict[str, str]:
-    classes = {sc["subject"]: subject_class(sc) for sc in shards}
-    fixed = {s.pseudonym: s.split for s in subjects}
-    splits = assign_splits(
+    """``{subject pseudonym: split}``; records of one group (a BIDS subject's sessions) are
+    split together: the group's class is its records' largest, its fixed split any record's."""
+    by_pseudonym = {s.pseudonym: s for s in subjects}
+    classes: dict[str, int] = {}
+    fixed: dict[str, str] = {}
+    for sc in shards:
+        s = by_pseudonym[sc["subject"]]
+        g = s.group_pseudonym
+        classes[g] = max(classes.get(g, 0), subject_class(sc))
+        fixed[g] = fixed.get(g) or s.split
+    groups = assign_splits(
         classes, fixed, recipe.val_fraction, recipe.test_fraction, recipe.split_seed
     )
+    splits = {s.pseudonym: groups[s.group_pseudonym] for s in subjects}
     present = set(splits.values())
     for name, fraction in (("val", recipe.val_fraction), ("test", recipe.test_fraction)):
         if fraction > 0 and name not in present:
@@ -229,7 +256,8 @@ def _common_shape(shapes: list[list[int]]) -> list:
 
 def _recipe_record(recipe, subjects, hashes) -> dict:
     record = {k: v for k, v in asdict(recipe).items() if k not in LOCATION_FIELDS}
-    per_entry: dict[int, list] = {i: [] for i in range(len(recipe.sources))}
+    n_entries = len(recipe.sources) if isinstance(recipe.sources, tuple) else 1
+    per_entry: dict[int, list] = {i: [] for i in range(n_entries)}
     for s, h in zip(subjects, hashes, strict=True):
         per_entry[s.entry].append([s.pseudonym, h, s.class_id, s.split])
     record["sources"] = [config_hash({"subjects": v}) for _, v in sorted(per_entry.items())]

@@ -79,8 +79,8 @@ def check_labels(mask: Volume, path: Path, labels: tuple[int, ...]) -> None:
         )
 
 
-def _read(path: Path, orientation: str) -> Volume:
-    vol = read_volume(path)
+def _read(path: Path, orientation: str, volume_index: int | None = None) -> Volume:
+    vol = read_volume(path, volume_index=volume_index)
     return to_canonical(vol, orientation) if orientation else vol
 
 
@@ -96,7 +96,10 @@ def _scale(array: np.ndarray, recipe: CacheRecipe, path: Path) -> np.ndarray:
 def load_subject(subject: Subject, modalities: tuple[str, ...], recipe: CacheRecipe):
     """Read, reorient, check, resample and scale ``subject``: a :class:`SubjectVolumes`."""
     paths = [subject.images[m] for m in modalities]
-    vols = [_read(p, recipe.orientation) for p in paths]
+    vols = [
+        _read(p, recipe.orientation, subject.volumes.get(m))
+        for p, m in zip(paths, modalities, strict=True)
+    ]
     for vol, path in zip(vols[1:], paths[1:], strict=True):
         _check_grid(vols[0], paths[0], vol, path)
     mask = None

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, fields
 
 from medgen.data.errors import DataError
 from medgen.data.intensity import WINDOW_PRESETS
+from medgen.data.layouts.source import LayoutSource
 from medgen.data.slicing.thick import PROFILES
 
 KINDS = ("slices", "volumes", "pairs")
@@ -36,12 +37,14 @@ class CacheRecipe:
 
     ``kind``: ``"slices"`` (2D axial slices with local z-bins), ``"volumes"`` (fixed-size 3D
     crops) or ``"pairs"`` (thin volume + simulated thick slices). ``sources``: ``"mni152"``, NIfTI
-    files, DICOM directories / ZIPs / ``.dcm`` files, globs, or ``.csv`` subject tables.
+    files, DICOM directories / ZIPs / ``.dcm`` files, globs, or ``.csv`` subject tables; or one
+    dataset folder in a known layout, ``{layout: nnunet | decathlon | bids | auto, root: PATH}``
+    (:class:`~medgen.data.layouts.source.LayoutSource`).
     """
 
     out: str = ""
     kind: str = "slices"
-    sources: tuple[str, ...] = ()
+    sources: tuple[str, ...] | LayoutSource = ()
     modalities: tuple[str, ...] = ()
     labels: tuple[int, ...] = (0, 1)
     orientation: str = ""
@@ -69,6 +72,8 @@ class CacheRecipe:
             value = getattr(self, f.name)
             if isinstance(value, list):
                 object.__setattr__(self, f.name, tuple(value))
+        if isinstance(self.sources, dict):  # {layout: ..., root: ...} from Python callers
+            object.__setattr__(self, "sources", LayoutSource(**self.sources))
 
     def check(self) -> CacheRecipe:
         """Raise a DataError naming the first bad key; return ``self`` when all are valid."""
@@ -112,11 +117,13 @@ def _check_names(r: CacheRecipe) -> None:
     if not isinstance(r.out, str) or not r.out:
         _fail("out", "the cache directory is required")
     _choice("kind", r.kind, KINDS)
-    if not isinstance(r.sources, tuple) or not r.sources:
+    if isinstance(r.sources, LayoutSource):
+        r.sources.check("sources")
+    elif not isinstance(r.sources, tuple) or not r.sources:
         _fail(
             "sources", "list at least one of mni152, a NIfTI file, a DICOM dir/ZIP, a glob, a .csv"
         )
-    for i, s in enumerate(r.sources):
+    for i, s in enumerate(r.sources if isinstance(r.sources, tuple) else ()):
         if not isinstance(s, str) or not s:
             _fail(f"sources[{i}]", f"expected a non-empty path, glob or 'mni152', got {s!r}")
     if not isinstance(r.modalities, tuple) or not all(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 import glob
 import hashlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from medgen.data.cache.atomic import file_sha256
@@ -38,7 +38,9 @@ class Subject:
 
     ``where`` says where it was listed (``"subjects.csv:4"``, ``"sources[1]"``) for errors,
     ``entry`` the index of its ``sources`` entry; ``mask_kind`` is ``"labels"`` (integer label
-    map) or ``"probability"`` (values in [0, 1]).
+    map) or ``"probability"`` (values in [0, 1]). ``volumes`` gives, for a modality stored as
+    one volume of a 4D file (Decathlon), its volume index. ``group`` ties records that must
+    share a split (the sessions of one BIDS subject); empty: the record is its own group.
     """
 
     id: str
@@ -49,11 +51,18 @@ class Subject:
     split: str = ""
     where: str = ""
     entry: int = 0
+    volumes: dict[str, int] = field(default_factory=dict)
+    group: str = ""
 
     @property
     def pseudonym(self) -> str:
         """The id a cache stores: ``pseudonym("subject:<id>")`` (16 hex characters)."""
         return pseudonym(f"subject:{self.id}")
+
+    @property
+    def group_pseudonym(self) -> str:
+        """The pseudonym of the split group: ``pseudonym("subject:<group or id>")``."""
+        return pseudonym(f"subject:{self.group or self.id}")
 
     def files(self) -> list[Path]:
         """Image files (by modality name) and then the mask, if any."""
@@ -201,8 +210,15 @@ def expand(entry: str, index: int) -> list[Subject]:
     return [_plain(path, where)]
 
 
-def resolve_sources(entries: tuple[str, ...]) -> list[Subject]:
-    """All subjects of all ``sources`` entries, in order; a subject listed twice is an error."""
+def resolve_sources(entries) -> list[Subject]:
+    """All subjects of all ``sources`` entries, in order; a subject listed twice is an error.
+
+    ``entries``: a tuple of paths, globs, tables and ``mni152``, or one
+    :class:`~medgen.data.layouts.source.LayoutSource` (a dataset folder)."""
+    if not isinstance(entries, tuple | list):
+        from medgen.data.layouts.read import read_layout  # layouts build on this module
+
+        return read_layout(entries).subjects
     subjects: list[Subject] = []
     seen: dict[str, Subject] = {}
     for i, entry in enumerate(entries):

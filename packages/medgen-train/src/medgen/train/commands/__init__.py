@@ -11,11 +11,14 @@ from medgen.train.commands import (
     evaluate,
     fit,
     inspect,
+    plan,
     quickstart,
     report,
     sample,
 )
 
-COMMANDS = (inspect, convert, demo_data, cache, config, fit, sample, evaluate, report, quickstart)
+COMMANDS = (
+    inspect, convert, demo_data, plan, cache, config, fit, sample, evaluate, report, quickstart,
+)  # fmt: skip
 
 __all__ = ["COMMANDS"]

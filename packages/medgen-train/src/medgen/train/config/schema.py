@@ -140,6 +140,18 @@ def _is_section(annotation: Any, extras: tuple) -> bool:
     return dataclasses.is_dataclass(annotation) or _marker(extras, Kinded) is not None
 
 
+def _union_pair(annotation: Any) -> tuple[type, Any] | None:
+    """``(section class, other type)`` of a ``Section | other`` union (e.g. a recipe's
+    ``sources``: a list of paths or a dataset folder), else None."""
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType):
+        return None
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    sections = [a for a in args if dataclasses.is_dataclass(a)]
+    if len(args) != 2 or len(sections) != 1:
+        return None
+    return sections[0], next(a for a in args if a is not sections[0])
+
+
 def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
@@ -162,6 +174,9 @@ def _check(key: str, value: Any, annotation: Any) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping (a section), got {value!r}")
         return from_mapping(_section_class(inner, extras, value, key), value, key + ".")
+    pair = _union_pair(inner)
+    if pair is not None:  # a mapping is the section, anything else the other type
+        return _check(key, value, pair[0] if isinstance(value, dict) else pair[1])
     origin, args = typing.get_origin(inner), typing.get_args(inner)
     if origin is tuple:
         if not isinstance(value, list | tuple):
@@ -220,6 +235,9 @@ def _coerce(key: str, raw: str, annotation: Any) -> Any:
     inner, nullable = _optional(_split(annotation)[0])
     if nullable and raw.lower() in ("none", "null", "~"):
         return None
+    pair = _union_pair(inner)
+    if pair is not None:  # key=a,b sets the other type; the section's keys go key.sub=...
+        return _coerce(key, raw, pair[1])
     origin, args = typing.get_origin(inner), typing.get_args(inner)
     if origin is tuple:
         parts = [p.strip() for p in raw.strip("()[] ").split(",") if p.strip()]
@@ -250,12 +268,16 @@ def _set(config: Any, dotted: str, raw: str, prefix: str = "") -> Any:
         raise _unknown(key, hints, prefix)
     annotation, extras = _split(hints[head])
     inner, nullable = _optional(annotation)
+    pair = _union_pair(inner)
+    current = getattr(config, head)
+    if pair is not None and rest:  # key.sub=...: into the section (started from defaults)
+        section = current if isinstance(current, pair[0]) else pair[0]()
+        return dataclasses.replace(config, **{head: _set(section, rest, raw, key + ".")})
     if not _is_section(inner, extras):
         if rest:
             raise ConfigError(f"unknown config key {key + '.' + rest!r}: {key} is not a section")
         value = _coerce(key, raw.strip(), hints[head])
         return dataclasses.replace(config, **{head: value})
-    current = getattr(config, head)
     if not rest:  # the whole section: a preset name or null
         if nullable and raw.strip().lower() in ("none", "null", "~"):
             return dataclasses.replace(config, **{head: None})

@@ -105,7 +105,11 @@ def with_recipe_out(data: DataSection) -> DataSection:
 
     if data.recipe is None:
         return data
-    sources = tuple(s if s == "mni152" else str(Path(s).absolute()) for s in data.recipe.sources)
+    sources = data.recipe.sources
+    if isinstance(sources, tuple):
+        sources = tuple(s if s == "mni152" else str(Path(s).absolute()) for s in sources)
+    elif sources.root:  # a dataset folder in a known layout
+        sources = replace(sources, root=str(Path(sources.root).absolute()))
     data = replace(data, recipe=replace(data.recipe, sources=sources))
     if data.recipe.out:
         return data
