@@ -74,7 +74,7 @@ def test_dotted_overrides_are_typed_and_kinds_switch_first():
         ("training.checkpoint_every=-1", "training.checkpoint_every: expected a number >= 0"),
         ("training.ema_decay=1", "training.ema_decay: expected a number >= 0 and < 1, got 1.0"),
         ("training.warmup_steps=2000", "training.warmup_steps: 2000 leaves no cosine decay"),
-        ("model.kind=transformer", "model.kind: expected one of unet, got 'transformer'"),
+        ("model.kind=transformer", "model.kind: expected one of dit, hdit, unet, uvit, got"),
         ("model.channels=24,48,48", "model.channels: [24] not divisible by norm_num_groups=16"),
         ("model.attention_levels=true", "model.attention_levels: 1 values for 3 levels"),
         ("task.strategy.prediction=noise", "task.strategy.prediction: expected one of epsilon"),

@@ -1,10 +1,4 @@
-"""The ``model:`` section: which network, chosen by ``model.kind``, and how it is built.
-
-The data and the task fix what a network must accept (spatial dims, input and output
-channels, tokens, modes, prior channels: a :class:`NetworkSpec`); the section says the rest
-(widths, depth, attention). ``unet`` is MONAI's ``DiffusionModelUNet`` through
-:class:`medgen.models.ConditionedUNet`; the network issue adds transformers here.
-"""
+"""``model.kind: unet``: MONAI's ``DiffusionModelUNet`` via :class:`medgen.models.ConditionedUNet`."""
 
 from __future__ import annotations
 
@@ -15,21 +9,7 @@ from torch import nn
 from medgen.models import ConditionedUNet
 from medgen.train.config.schema import setting
 from medgen.train.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class NetworkSpec:
-    """What the data and the task require of the network."""
-
-    spatial_dims: int
-    in_channels: int
-    out_channels: int
-    shape: tuple[int, ...]  # spatial shape of the network's input
-    num_tokens: int | None = None
-    null_token: bool = False
-    num_modes: int | None = None
-    prior_channels: int = 0
-    prior_modes: tuple[str, ...] = ()  # resize mode per prior channel (nearest, linear, area)
+from medgen.train.tasks.networks.spec import NetworkSpec
 
 
 @dataclass(frozen=True)
@@ -97,6 +77,3 @@ class UNetConfig:
             )
         except ValueError as exc:  # anything MONAI still refuses
             raise ConfigError(f"model: {' '.join(str(exc).split())}") from None
-
-
-NETWORKS = {"unet": UNetConfig}
