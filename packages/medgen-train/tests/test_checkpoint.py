@@ -110,6 +110,21 @@ def test_a_step_directory_in_the_way_is_moved_aside_not_overwritten(tmp_path):
     assert verify_checkpoint(tmp_path / "checkpoints" / "step_00000003") is None
 
 
+def test_a_run_copied_without_links_gets_its_latest_link_back(tmp_path):
+    """``scp -r`` / ``cp -rL`` turn ``latest`` into a real directory: the next checkpoint
+    moves that copy to rejected/ (nothing deleted) and links ``latest`` again."""
+    import shutil
+
+    first = save_checkpoint(tmp_path / "a", 1, {"net": make(0)}, {})
+    shutil.copytree(tmp_path / "a", tmp_path / "b", symlinks=False)
+    latest = tmp_path / "b" / "checkpoints" / "latest"
+    assert latest.is_dir() and not latest.is_symlink()
+    path = save_checkpoint(tmp_path / "b", 2, {"net": make(1)}, {})
+    assert latest.is_symlink() and latest.resolve() == path
+    (copy,) = (tmp_path / "b" / "checkpoints" / "rejected").iterdir()
+    assert (copy / "model.safetensors").read_bytes() == (first / "model.safetensors").read_bytes()
+
+
 def test_a_full_disk_at_a_checkpoint_loses_nothing_already_written(small_disk):
     """The second checkpoint does not fit: the error names the disk's problem, the first
     checkpoint stays complete and verified, no temporary directory is left."""

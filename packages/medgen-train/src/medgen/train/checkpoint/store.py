@@ -156,11 +156,19 @@ def save_checkpoint(
 
 
 def link(root: Path, name: str, target: Path) -> None:
-    """Point symlink ``root/name`` at ``target`` (a sibling) atomically."""
+    """Point symlink ``root/name`` at ``target`` (a sibling) atomically.
+
+    A real directory in its place (a run copied with ``scp -r`` or ``cp -rL``, which turn
+    links into copies) is moved to ``rejected/`` first, never deleted."""
+    path = root / name
+    if path.is_dir() and not path.is_symlink():
+        rejected = root / "rejected"
+        rejected.mkdir(exist_ok=True)
+        os.replace(path, rejected / f"{name}-copy-{time.strftime('%Y%m%d-%H%M%S')}")
     tmp = root / f".{name}-{os.getpid()}"
     tmp.unlink(missing_ok=True)
     tmp.symlink_to(target.name)
-    os.replace(tmp, root / name)
+    os.replace(tmp, path)
 
 
 def read_state(ckpt: Path) -> dict:

@@ -24,6 +24,7 @@ from medgen.data import CacheDataset, DataError
 from medgen.train.commands.sample import MANIFEST, parse_reference
 from medgen.train.commands.verb import add_fresh, add_quiet, add_verb, printer
 from medgen.train.errors import RunDirError
+from medgen.train.evaluation.control import control_fidelity
 from medgen.train.evaluation.figures import sample_grid
 from medgen.train.evaluation.nearest import bin_mean_reference, score_samples, summarize
 from medgen.train.progress import bars_disabled
@@ -129,6 +130,7 @@ def run_evaluate(
         "samples_request_hash": manifest.get("request_hash"),
         **summarize(scores),
         "bin_mean_reference_ssim": bin_mean_reference(ref["images"], ref["z_bin"]),
+        **control_fidelity(arrays),
         "seconds": time.perf_counter() - t0,
     }
     with RunDir(out, KIND).claim(fresh) as claimed:
@@ -158,6 +160,8 @@ def run_evaluate(
             raise
     o = result["overall"]
     dice = f", Dice {o['dice']['mean']:.3f}" if "dice" in o else ""
+    if "control" in result:
+        dice += f", control Dice {result['control']['dice']['mean']:.3f}"
     say(
         f"evaluate: {o['n']} samples vs {cache}:{split}: SSIM {o['ssim']['mean']:.3f}, PSNR "
         f"{o['psnr']['mean']:.2f} dB{dice}, {o['speckled']} speckled -> {out}"

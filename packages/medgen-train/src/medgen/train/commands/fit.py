@@ -189,14 +189,18 @@ def _run_fit(cfg, run_dir, device, flag, fresh, quiet, say) -> FitResult:
                 error = exc
         distributed.raise_if_failed(error, ctx)
         if ctx.is_main:
-            n_params = sum(
-                p.numel() for n in setup.trained() for p in setup.modules[n].parameters()
-            )
+            def count(names) -> float:
+                return sum(p.numel() for n in names for p in setup.modules[n].parameters()) / 1e6
+
+            frozen = setup.frozen()
+            what = f"{', '.join(setup.trained())} trained" if frozen else cfg.model.kind
             say(
                 f"fit: {cfg.task.kind} on {len(train)} items of {description.cache} "
                 f"({description.kind}, {', '.join(description.channels)}"
                 f"{' + mask' if description.has_mask else ''}, shape {description.shape}); "
-                f"{cfg.model.kind} with {n_params / 1e6:.2f} M parameters on {device}"
+                f"{what} with {count(setup.trained()):.2f} M parameters"
+                + (f" over frozen {', '.join(frozen)} ({count(frozen):.2f} M)" if frozen else "")
+                + f" on {device}"
             )
         result = fit(
             setup,
@@ -227,7 +231,8 @@ def _command(args: argparse.Namespace) -> int:
         loss = next((v for k, v in last.items() if k.startswith("loss")), float("nan"))
         print(
             f"fit: step {result.step} (resumed from {result.resumed_from}), loss {loss:.4f}, "
-            f"{result.skipped_updates} skipped updates; checkpoint {result.checkpoint}",
+            f"{result.skipped_updates} skipped updates, {result.rollbacks} rollbacks; "
+            f"checkpoint {result.checkpoint}",
             flush=True,
         )
     return 0

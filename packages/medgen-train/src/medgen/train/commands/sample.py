@@ -60,23 +60,30 @@ def parse_reference(text: str, default_split: str) -> tuple[Path, str]:
 
 
 def _priors(generator, reference: str | None, plan, description) -> None:
+    """The prior channels (and a ControlNet's control maps) of each planned sample, from a
+    reference item with the sample's token."""
     layout = generator.model.layout
-    if not layout.priors:
+    wanted = [*layout.priors, *layout.control]
+    if not wanted:
         if reference:
-            raise ConfigError("--priors-from: this run is not conditioned on priors")
+            raise ConfigError(
+                "--priors-from: this run is not conditioned on priors or control maps"
+            )
         return
     if not reference:
         raise ConfigError(
-            f"--priors-from: the model is conditioned on {list(layout.priors)}; name a cache "
+            f"--priors-from: the model is conditioned on {wanted}; name a cache "
             "(CACHE[:split]) to take them from"
         )
     cache, split = parse_reference(reference, "val")
+    if reference.startswith(":"):  # ":split": the run's own training cache
+        cache = Path(description.cache)
     ds = CacheDataset(cache, split, modality_as="mode" if description.n_modes else "channels")
     tokens = {}
     for i in range(len(ds)):
         item = ds[i]
         tokens.setdefault(int(item["token"]), []).append(i)
-    priors = []
+    priors, control, control_mask = [], [], []
     for k, token in enumerate(plan.token):
         members = tokens.get(int(token))
         if not members:
@@ -86,8 +93,15 @@ def _priors(generator, reference: str | None, plan, description) -> None:
             )
         item = ds[members[k % len(members)]]
         batch = {key: v[None] for key, v in item.items() if isinstance(v, torch.Tensor)}
-        priors.append(torch.cat(layout.prior_tensors(batch), dim=1)[0])
-    plan.priors = priors
+        if layout.priors:
+            priors.append(torch.cat(layout.prior_tensors(batch), dim=1)[0])
+        if layout.control:
+            control.append(layout.control_tensor(batch)[0])
+            if {"mask", "labels"} & set(layout.control):
+                control_mask.append(item["mask"][0].numpy() > 0)
+    plan.priors = priors or None
+    plan.control = control or None
+    plan.control_mask = np.stack(control_mask) if control_mask else None
 
 
 def _write_nifti(stage: Staging, name: str, array: np.ndarray, spacing, orientation) -> None:
@@ -119,6 +133,8 @@ def _outputs(stage: Staging, samples: np.ndarray, plan, generator, nifti: bool) 
         arrays["masks"] = (samples[:, names.index("mask")] > 0).astype(np.uint8)
     if plan.mode is not None:
         arrays["mode"] = plan.mode
+    if plan.control_mask is not None:  # what a ControlNet's samples should follow
+        arrays["control_mask"] = plan.control_mask.astype(np.uint8)
     np.savez(stage.path("samples.npz"), **arrays)
     with np.load(stage.path("samples.npz")) as back:  # verified: every array reads back
         for key, value in arrays.items():
@@ -194,6 +210,7 @@ def run_sample(
         ).hexdigest(),
         "priors_from": priors_from,
         "nifti": nifti,
+        **generator.provenance(),
     }
     request_hash = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
     check_target(out, KIND)
@@ -206,7 +223,7 @@ def run_sample(
             f"{out}: holds samples of other settings or another checkpoint; use --fresh to "
             "move them aside, or another --out"
         )
-    clip_x0 = getattr(cfg.task, "clip_x0", None)
+    clip_x0 = generator.model.cfg.clip_x0
     with RunDir(out, KIND).claim(fresh) as claimed:
         claimed.mark()
         stage = Staging(out)
@@ -297,7 +314,8 @@ def register(subparsers) -> None:
     p.add_argument("--classes", help="classes to sample, e.g. 1 (default: all)")
     p.add_argument("--modes", help="modes (modalities) to sample (mode-embedding runs)")
     p.add_argument("--priors-from", dest="priors_from",
-                   help="CACHE[:split] to take prior channels from")  # fmt: skip
+                   help="CACHE[:split] (:split: the run's own cache) to take prior channels "
+                        "and ControlNet control maps from")  # fmt: skip
     p.add_argument("--sampler", choices=("auto", "ddim", "ddpm", "euler", "heun"))
     p.add_argument("--steps", type=int)
     p.add_argument("--eta", type=float, help="DDIM eta (0: deterministic)")

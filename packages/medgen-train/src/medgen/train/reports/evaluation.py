@@ -49,4 +49,11 @@ def evaluation_markdown(result: dict) -> str:
         "![nearest](nearest.png)",
         "",
     ]
+    if "control" in result:
+        c = result["control"]["dice"]
+        lines[-3:-3] = [
+            f"Control fidelity (ControlNet): the generated masks against the masks their "
+            f"control maps came from, Dice {_cell(c)} over {c['n']} samples.",
+            "",
+        ]
     return "\n".join(lines)

@@ -5,7 +5,9 @@ modality with a mode id) and, when the cache has masks, ``mask``: the lesion mas
 (label > 0 -> 1, else -1). ``image`` in ``generate`` / ``priors`` stands for every image
 channel. :class:`ChannelLayout` turns a batch into the generated tensor x0 (B, C, *spatial) in
 [-1, 1] and the prior tensors, and knows which channels of a space's latent hold which data
-channel (for per-channel losses).
+channel (for per-channel losses). A ControlNet run adds ``control`` channels: the maps its
+control branch sees (``mask``, ``labels``: the integer label map as bit channels, or image
+channels).
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ from dataclasses import dataclass
 
 import torch
 
+from medgen.models.networks.controlnet import label_bits
 from medgen.train.errors import ConfigError
 
 
-def _expand(names: tuple[str, ...], channels: list[str], has_mask: bool, key: str) -> list[str]:
-    available = list(channels) + (["mask"] if has_mask else [])
+def _expand(
+    names: tuple[str, ...], channels: list[str], has_mask: bool, key: str, extra=()
+) -> list[str]:
+    available = list(channels) + (["mask", *extra] if has_mask else [])
     out: list[str] = []
     for name in names:
         if name == "image" and "image" not in channels:
@@ -42,6 +47,8 @@ class ChannelLayout:
     generate: tuple[str, ...]
     priors: tuple[str, ...]
     image_channels: tuple[str, ...]  # the data's image channel names, in order
+    control: tuple[str, ...] = ()  # a ControlNet branch's maps ("labels": label_bits channels)
+    label_bits: int = 1  # bit channels of "labels"
 
     @classmethod
     def from_config(cls, generate, priors, channels: list[str], has_mask: bool) -> ChannelLayout:
@@ -52,6 +59,29 @@ class ChannelLayout:
         if both:
             raise ConfigError(f"task.priors: {both} also generated")
         return cls(tuple(gen), tuple(pri), tuple(channels))
+
+    def with_control(self, names, has_mask: bool, label_bits: int) -> ChannelLayout:
+        """This layout plus the control maps ``names`` (checked against the data)."""
+        control = _expand(tuple(names), list(self.image_channels), has_mask, "control", ("labels",))
+        if not control:
+            raise ConfigError("task.control: name at least one channel for the control branch")
+        return ChannelLayout(
+            self.generate, self.priors, self.image_channels, tuple(control), label_bits
+        )
+
+    def control_channels(self) -> int:
+        """Channels of :meth:`control_tensor`."""
+        return sum(self.label_bits if n == "labels" else 1 for n in self.control)
+
+    def control_tensor(self, batch: dict) -> torch.Tensor:
+        """The control maps of ``batch`` (B, :meth:`control_channels`, *spatial)."""
+        parts = []
+        for name in self.control:
+            if name == "labels":
+                parts.append(label_bits(batch["mask"], self.label_bits))
+            else:
+                parts.append(self._take(batch, (name,)))
+        return torch.cat(parts, dim=1)
 
     def _take(self, batch: dict, names: tuple[str, ...]) -> torch.Tensor:
         parts = []

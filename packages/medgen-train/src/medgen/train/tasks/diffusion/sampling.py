@@ -19,7 +19,7 @@ import torch
 
 from medgen.models import Conditioning, samplers
 from medgen.train.errors import ConfigError, SamplingError
-from medgen.train.tasks.diffusion.task import NETWORK, DiffusionModel
+from medgen.train.tasks.diffusion.task import DiffusionModel
 
 DDPM_SAMPLERS, FLOW_SAMPLERS = ("ddim", "ddpm"), ("euler", "heun")
 
@@ -34,6 +34,8 @@ class Plan:
     token: np.ndarray
     mode: np.ndarray | None = None
     priors: list[torch.Tensor] | None = None  # per sample, (P, *spatial)
+    control: list[torch.Tensor] | None = None  # per sample, (K, *spatial): ControlNet maps
+    control_mask: np.ndarray | None = None  # (N, *spatial) bool: the mask the maps came from
 
     def __len__(self) -> int:
         return int(self.token.shape[0])
@@ -94,13 +96,17 @@ class DiffusionGenerator:
         model = DiffusionModel.build(config.task, config.model, description, device)
         return cls(model, device)
 
+    def provenance(self) -> dict:
+        """What the samples depend on besides the run's checkpoint (nothing here)."""
+        return {}
+
     def sampler_name(self, s) -> str:
         """The sampler the ``sample`` section ``s`` asks for (``auto`` resolved)."""
         return resolve_sampler(self.model.strategy.kind, s.sampler, "--sampler")
 
     def modules(self) -> dict[str, torch.nn.Module]:
         """The modules whose (EMA) weights a checkpoint provides."""
-        return {NETWORK: self.model.network}
+        return self.model.checkpointed()
 
     def plan(
         self,
@@ -149,6 +155,7 @@ class DiffusionGenerator:
                 token=token if m.num_tokens else None,
                 mode=batch_cond.get("mode"),
                 priors=batch_cond.get("priors"),
+                control=batch_cond.get("control"),
             )
             return net(x, t, cond)
 
@@ -189,6 +196,8 @@ class DiffusionGenerator:
             if plan.priors is not None:
                 stacked = torch.stack([plan.priors[i] for i in idx]).to(self.device)
                 cond["priors"] = [stacked[:, j : j + 1] for j in range(stacked.shape[1])]
+            if plan.control is not None:
+                cond["control"] = torch.stack([plan.control[i] for i in idx]).to(self.device)
             token = torch.from_numpy(plan.token[idx]).to(self.device)
             generator = torch.Generator().manual_seed(s.seed * 7919 + start)
 

@@ -101,7 +101,29 @@ class DiffusionModel:
             token=(tokens if tokens is not None else batch["token"]) if self.num_tokens else None,
             mode=batch["mode"] if self.description.n_modes else None,
             priors=self.layout.prior_tensors(batch) if self.layout.priors else None,
+            control=self.layout.control_tensor(batch) if self.layout.control else None,
         )
+
+    def checkpointed(self) -> dict[str, nn.Module]:
+        """The modules a checkpoint of this run holds (the trained ones)."""
+        return {NETWORK: self.network}
+
+    def modules(self) -> dict[str, nn.Module]:
+        """Every module of the run, trained or frozen, by name."""
+        return {NETWORK: self.network}
+
+    def trained_network(self, nets) -> object:
+        """The callable network of a training step, from the engine's ``nets``."""
+        return nets[NETWORK]
+
+    def evaluated_network(self, modules, ema) -> nn.Module:
+        """The network an evaluation scores: the EMA weights when there are any."""
+        return ema.get(NETWORK, modules[NETWORK])
+
+    def voxel_weights(self, batch: dict, valid, x0: torch.Tensor) -> torch.Tensor | None:
+        """Per-voxel loss weights on the grid of ``x0`` (None: every voxel alike); the
+        validity mask of padded volumes by default."""
+        return valid
 
     def encode(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(x0 in the diffusion space, validity mask on its grid or None)."""
@@ -125,8 +147,16 @@ class DiffusionModel:
         snr = self.strategy.snr(t, like).reshape(-1)
         return min_snr_weight(snr, self.strategy.prediction, gamma)
 
-    def losses(self, net, batch: dict, t: torch.Tensor, noise: torch.Tensor, x0, valid, cond):
-        """(diffusion_loss dict, per-sample weighted loss (B,)) at timesteps ``t``."""
+    def extra_losses(self, net, batch: dict, x_t, out, t, cond) -> dict[str, torch.Tensor]:
+        """Loss terms a variant adds to the training loss (named; none here)."""
+        return {}
+
+    def losses(
+        self, net, batch: dict, t: torch.Tensor, noise: torch.Tensor, x0, valid, cond, extra=False
+    ):
+        """(diffusion_loss dict, per-sample weighted loss (B,)) at timesteps ``t``; ``valid``
+        may be float voxel weights (a weighted mean); ``extra``: add :meth:`extra_losses`
+        to ``loss`` (training)."""
         x_t = self.strategy.add_noise(x0, noise, t)
         out = net(x_t, self.strategy.model_time(t).to(x0.device), cond)
         target = self.strategy.training_target(x0, noise, t)
@@ -134,6 +164,10 @@ class DiffusionModel:
         groups = self.layout.latent_groups(self.space)
         m = valid if valid is not None else None
         losses = diffusion_loss(out, target, weight=w, mask=m, channels=groups, kind=self.cfg.loss)
+        if extra:
+            for name, term in self.extra_losses(net, batch, x_t, out, t, cond).items():
+                losses[name] = term
+                losses["loss"] = losses["loss"] + term
         err = (out.detach().float() - target.float()) ** 2
         if self.cfg.loss == "l1":
             err = err.sqrt()
@@ -163,7 +197,9 @@ class DiffusionTask:
             drop = torch.rand((b,), generator=self.generator) < m.cfg.cond_dropout
             tokens = torch.where(drop.to(self.device), m.null_token, batch["token"])
         cond = m.conditioning(batch, tokens)
-        losses, per_sample = m.losses(nets[NETWORK], batch, t, noise, x0, valid, cond)
+        net = m.trained_network(nets)
+        weights = m.voxel_weights(batch, valid, x0)
+        losses, per_sample = m.losses(net, batch, t, noise, x0, weights, cond, extra=True)
         logs = {f"loss_{k}": float(v.detach()) for k, v in losses.items() if k != "loss"}
         n = m.cfg.eval_buckets
         bucket = m.bucket(t, n).cpu()
@@ -239,7 +275,7 @@ class DiffusionEvaluator:
     def evaluate(self, modules, ema, step: int, ctx) -> Evaluation:
         """This rank's sums of losses and squared x0 errors; rank 0 adds an image."""
         m = self.model
-        net = ema.get(NETWORK, modules[NETWORK])
+        net = m.evaluated_network(modules, ema)
         sums: dict[str, tuple[float, float]] = {}
 
         def add(key: str, total: float, count: float) -> None:
@@ -311,8 +347,8 @@ def build_setup(ctx) -> TrainingSetup:
             DiffusionEvaluator(model, ctx.eval_dataset, ctx.config.training.batch_size, ctx.device)
         )
     setup = TrainingSetup(
-        modules={NETWORK: model.network},
-        objectives=[Objective("diffusion", (NETWORK,), task.loss)],
+        modules=model.modules(),
+        objectives=[Objective("diffusion", tuple(model.checkpointed()), task.loss)],
         evaluators=evaluators,
         state=task,
     )
