@@ -8,7 +8,8 @@ such rule); after perturbing every weight, each conditioning and the time change
 the sample they were changed for and of no other; a bfloat16 network stays finite and keeps
 float32 time (t = 750 and 752, equal in bfloat16, still differ); deterministic mode gives
 bitwise-equal outputs and gradients; a state-dict round trip gives the same outputs; gradient
-checkpointing gives the same gradients; bad input is a ValueError naming the mismatch.
+checkpointing gives the same gradients and does recompute (also for a ControlNet branch over a
+frozen UNet); bad input is a ValueError naming the mismatch.
 Plus a tiny real training per network on MNI152 slices and a ``torch.compile`` smoke test.
 """
 
@@ -190,21 +191,63 @@ class TestEveryNetwork:
         with torch.no_grad():
             assert torch.equal(fresh(x, t, cond), out1)
 
-    @pytest.mark.parametrize(("kind", "spatial_dims", "conditioning"),
-                             [c for c in CASES if c.values[0] in TRANSFORMERS])  # fmt: skip
+    @pytest.mark.parametrize(("kind", "spatial_dims", "conditioning"), CASES)
     def test_gradient_checkpointing_gives_the_same_gradients(
         self, kind, spatial_dims, conditioning
     ):
         net = perturb(build(kind, spatial_dims, conditioning))
         x, t, cond = inputs(spatial_dims, conditioning)
-        grads = []
-        for flag in (False, True):
-            net.gradient_checkpointing = flag
-            net.zero_grad()
-            (net(x, t, cond) ** 2).mean().backward()
-            grads.append([p.grad.clone() for p in net.parameters()])
-        for a, b in zip(*grads, strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        assert same_gradients_with_recompute(net, lambda: net(x, t, cond), [net])
+
+
+def forward_calls(module: torch.nn.Module) -> tuple[list[int], list]:
+    """A counter of forward calls of every submodule of ``module`` and the hook handles."""
+    count = [0]
+
+    def hook(*_):
+        count[0] += 1
+
+    return count, [m.register_forward_hook(hook) for m in module.modules()]
+
+
+def same_gradients_with_recompute(net, run, flagged) -> bool:
+    """Gradients of ``net``'s trainable parameters from ``run()`` with and without
+    ``gradient_checkpointing`` on every module in ``flagged`` agree, and with it the backward
+    pass really recomputes forwards (more forward calls), so a flag that does nothing fails."""
+    grads, calls = [], []
+    for flag in (False, True):
+        for m in flagged:
+            m.gradient_checkpointing = flag
+        net.zero_grad()
+        count, handles = forward_calls(net)
+        (run() ** 2).mean().backward()
+        for h in handles:
+            h.remove()
+        calls.append(count[0])
+        grads.append([p.grad.clone() for p in net.parameters() if p.requires_grad])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert calls[1] > calls[0], f"checkpointing recomputed nothing ({calls} forward calls)"
+    return True
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_gradient_checkpointing_of_a_controlnet_branch_over_a_frozen_base(spatial_dims):
+    """The branch's gradients through the frozen, checkpointed base are unchanged; the branch
+    follows the base's flag unless told otherwise."""
+    from medgen.models.networks.controlnet import ControlBranch, ControlledUNet
+
+    base = perturb(build("unet", spatial_dims, "tokens")).requires_grad_(False)
+    assert ControlBranch(base, 1).gradient_checkpointing is False
+    base.gradient_checkpointing = True
+    assert ControlBranch(base, 1).gradient_checkpointing is True
+    assert ControlBranch(base, 1, gradient_checkpointing=False).gradient_checkpointing is False
+    branch = perturb(ControlBranch(base, 1))
+    pair = ControlledUNet(base, branch)
+    x, t, cond = inputs(spatial_dims, "tokens")
+    control = torch.randn((B, 1) + (SIZE,) * spatial_dims)
+    cond = dataclasses.replace(cond, control=control)
+    assert same_gradients_with_recompute(pair, lambda: pair(x, t, cond), [base, branch])
 
 
 @pytest.mark.parametrize("kind", TRANSFORMERS)

@@ -5,6 +5,7 @@ draws finite samples. Bad transformer settings are one-line config errors (exit 
 key, before any run directory is written."""
 
 import csv
+import json
 import math
 import os
 import shutil
@@ -101,3 +102,41 @@ def test_a_patch_grid_that_does_not_fit_the_data_names_the_key(env, capsys, monk
     assert code == 2 and len(err.splitlines()) == 1, err
     assert "model.level_depths: patches of 8 merged 2x 2 times" in err and "32" in err, err
     assert "[16, 16]" in err and not (root / "bad").exists()
+
+
+def test_model_gradient_checkpointing_reaches_every_kind():
+    """``model.gradient_checkpointing`` is passed to the network of every ``model.kind``."""
+    from medgen.train.tasks.networks import NETWORKS, NetworkSpec
+
+    spec = NetworkSpec(spatial_dims=2, in_channels=1, out_channels=1, shape=(16, 16))
+    small = {"unet": dict(channels=(16, 32), attention_levels=(False, True),
+                          num_head_channels=16, norm_num_groups=8),
+             "dit": dict(hidden_size=32, depth=1, num_heads=2),
+             "hdit": dict(hidden_size=32, num_heads=2, patch_size=2, level_depths=(1, 1, 1)),
+             "uvit": dict(hidden_size=32, depth=1, num_heads=2)}  # fmt: skip
+    for kind, config in NETWORKS.items():
+        for flag in (False, True):
+            net = config(gradient_checkpointing=flag, **small[kind]).build(spec)
+            assert net.gradient_checkpointing is flag, kind
+
+
+@pytest.mark.parametrize("kind", ["unet", "dit"])
+def test_fit_and_sample_with_bfloat16_weights(env, kind):
+    """``training.weights_dtype=bfloat16`` (pure bf16 weights) through ``fit`` with no EMA, so
+    validation runs the bfloat16 network itself; ``sample`` rebuilds the network from the
+    bfloat16 checkpoint and draws finite samples."""
+    root, environ = env
+    run = root / f"{kind}-bf16"
+    net = KINDS.get(kind, ["model.channels=16,32", "model.attention_levels=false,true",
+                           "model.num_head_channels=16", "model.norm_num_groups=8"])  # fmt: skip
+    cli("fit", "quickstart", f"model.kind={kind}", *net, *TINY, "training.amp=bf16",
+        "training.weights_dtype=bfloat16", "training.ema_decay=0", "--out", run, "--quiet",
+        cwd=root, env=environ)  # fmt: skip
+    rows = list(csv.DictReader((run / "eval.csv").open()))
+    assert rows and math.isfinite(float(rows[-1]["val_loss"]))
+    info = json.loads((run / "checkpoints" / "latest" / "state.json").read_text())
+    assert info["weights_dtype"] == "bfloat16"
+    out = run / "s"
+    cli("sample", run, "--no-ema", "--steps", "2", "--n", "2", "--no-nifti", "--out", out,
+        "--quiet", cwd=root, env=environ)  # fmt: skip
+    assert np.isfinite(np.load(out / "samples.npz")["images"]).all()

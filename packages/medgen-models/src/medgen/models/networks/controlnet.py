@@ -32,7 +32,7 @@ from torch import nn
 
 from medgen.models.conditioning import Conditioning, concat_priors
 from medgen.models.conditioning.context import as_conditioning
-from medgen.models.networks.unet import ConditionedUNet, conditioned_embedding
+from medgen.models.networks.unet import ConditionedUNet, conditioned_embedding, run_block
 
 NEW_IN_CONTROLNET = (
     "controlnet_cond_embedding.",
@@ -71,6 +71,8 @@ class ControlBranch(nn.Module):
     (1 entry when the network runs at the data's resolution, 2 for a space that halves it);
     ``scale``: MONAI's ``conditioning_scale``. ``copy_base``: initialise the encoder from the
     base (False: MONAI's random initialisation; the zero convolutions stay zero either way).
+    ``gradient_checkpointing``: recompute each down and middle block in the backward pass
+    (None: as the base is set).
     """
 
     def __init__(
@@ -81,8 +83,12 @@ class ControlBranch(nn.Module):
         embedding_channels: Sequence[int] = (16,),
         scale: float = 1.0,
         copy_base: bool = True,
+        gradient_checkpointing: bool | None = None,
     ) -> None:
         super().__init__()
+        if gradient_checkpointing is None:
+            gradient_checkpointing = base.gradient_checkpointing
+        self.gradient_checkpointing = bool(gradient_checkpointing)
         if control_channels < 1:
             raise ValueError(f"control_channels must be >= 1, got {control_channels}")
         if not embedding_channels or min(embedding_channels) < 1:
@@ -163,10 +169,11 @@ class ControlBranch(nn.Module):
         context = cond.context
         h = net.conv_in(x) + net.controlnet_cond_embedding(cond.control.to(x.dtype))
         residuals = [h]
+        ckpt = self.gradient_checkpointing
         for block in net.down_blocks:
-            h, res = block(hidden_states=h, temb=emb, context=context)
+            h, res = run_block(ckpt, block, hidden_states=h, temb=emb, context=context)
             residuals.extend(res)
-        h = net.middle_block(hidden_states=h, temb=emb, context=context)
+        h = run_block(ckpt, net.middle_block, hidden_states=h, temb=emb, context=context)
         down = [
             blk(r) * self.scale
             for r, blk in zip(residuals, net.controlnet_down_blocks, strict=True)

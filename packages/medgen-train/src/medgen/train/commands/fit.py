@@ -46,9 +46,12 @@ KIND = "fit"
 FREE_DATA_KEYS = ("cache", "num_workers", "prefetch_factor", "persistent_workers", "pin_memory",
                   "verify")  # fmt: skip
 FREE_TASK_KEYS = ("eval_samples", "eval_buckets", "eval_seed")  # diagnostics only
+FREE_MODEL_KEYS = ("gradient_checkpointing",)  # memory vs time, the same weights and gradients
 # training keys a resumed run cannot take: the data order, the batch, the optimizer's kind,
-# the precision (a grad scaler or none), EMA on or off
-FIXED_TRAINING_KEYS = ("seed", "batch_size", "grad_accum", "optimizer", "amp")
+# the precision (a grad scaler or none; the weights' dtype), EMA on or off
+FIXED_TRAINING_KEYS = ("seed", "batch_size", "grad_accum", "optimizer", "amp", "weights_dtype")
+# training keys added after runs were written, with the value those runs had
+ADDED_TRAINING_DEFAULTS = {"weights_dtype": "float32"}
 
 
 def _learned(config: dict) -> dict:
@@ -56,7 +59,10 @@ def _learned(config: dict) -> dict:
     if isinstance(data.get("recipe"), dict):  # where, not what: the fingerprint checks content
         data["recipe"] = {k: v for k, v in data["recipe"].items() if k not in ("out", "sources")}
     task = {k: v for k, v in (config.get("task") or {}).items() if k not in FREE_TASK_KEYS}
-    return {"data": data, "model": config.get("model"), "task": task}
+    model = config.get("model")
+    if isinstance(model, dict):
+        model = {k: v for k, v in model.items() if k not in FREE_MODEL_KEYS}
+    return {"data": data, "model": model, "task": task}
 
 
 def _refuse(run_dir: Path, changed: list, what: str) -> None:
@@ -80,7 +86,8 @@ def check_resume(run_dir: Path, cfg: FitConfig, say) -> Path | None:
     changed = differences(_learned(old), _learned(new))
     if changed:
         _refuse(run_dir, changed, "config")
-    training = differences(old.get("training", {}), new["training"], "training.")
+    before = {**ADDED_TRAINING_DEFAULTS, **old.get("training", {})}
+    training = differences(before, new["training"], "training.")
     fixed = [d for d in training if d[0].removeprefix("training.") in FIXED_TRAINING_KEYS]
     ema = [d for d in training if d[0] == "training.ema_decay" and 0 in (d[1], d[2])]
     if fixed or ema:
@@ -189,6 +196,7 @@ def _run_fit(cfg, run_dir, device, flag, fresh, quiet, say) -> FitResult:
                 error = exc
         distributed.raise_if_failed(error, ctx)
         if ctx.is_main:
+
             def count(names) -> float:
                 return sum(p.numel() for n in names for p in setup.modules[n].parameters()) / 1e6
 

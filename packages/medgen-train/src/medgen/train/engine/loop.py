@@ -47,6 +47,7 @@ from medgen.train.errors import ConfigError
 from medgen.train.progress import bars_disabled
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+WEIGHT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -102,6 +103,10 @@ class _Run:
         trained = setup.trained()
         self.device = next(setup.modules[trained[0]].parameters()).device
         check_metrics(setup, s)
+        self.weights_dtype = WEIGHT_DTYPES[s.weights_dtype]
+        if self.weights_dtype != torch.float32:  # pure weights: before DDP / compile wrap
+            for name in trained:
+                setup.modules[name].to(self.weights_dtype)
         wrapped = {}
         for name in trained:
             module = distributed.wrap(setup.modules[name], ctx, setup.find_unused_parameters)
@@ -127,7 +132,9 @@ class _Run:
         ema_names = setup.ema_modules if setup.ema_modules is not None else trained
         self.ema = None
         if s.ema_decay > 0 and ema_names:
-            self.ema = EMA({n: setup.modules[n] for n in ema_names}, s.ema_decay, s.ema_warmup)
+            pure = self.weights_dtype != torch.float32  # the average in float32 (see EMA)
+            self.ema = EMA({n: setup.modules[n] for n in ema_names}, s.ema_decay, s.ema_warmup,
+                           dtype=torch.float32 if pure else None)  # fmt: skip
         self.guard = NanGuard(s.max_consecutive_skips, s.max_rollbacks)
         # what a rollback restores: per objective its weights, floating buffers and
         # optimizer state; the EMA copies and count (see nan_guard.Snapshot)
@@ -151,6 +158,8 @@ class _Run:
         self.last_eval: dict = {}
         self.last_eval_step = -1
         self.notes: list[str] = []
+        if self.weights_dtype != torch.float32:
+            self.notes.append(f"Converted model weights to {self.weights_dtype}")
         self.failure: Exception | None = None  # a rank-0 write that failed, not yet shared
         writes = self.main and self.run_dir is not None
         if writes:
@@ -343,7 +352,8 @@ class _Run:
             m.eval()
         metrics: dict[str, float] = {}
         images: dict[str, np.ndarray] = {}
-        with torch.no_grad():
+        pure = self.weights_dtype != torch.float32  # low-precision weights need autocast
+        with torch.no_grad(), torch.autocast(self.device.type, self.weights_dtype, enabled=pure):
             for ev in self.setup.evaluators:
                 result = ev.evaluate(modules, ema, self.step, self.ctx)
                 means = reduce(result, self.ctx)

@@ -15,6 +15,7 @@ from medgen.train.errors import ConfigError
 OPTIMIZERS = ("adamw", "adam", "sgd")
 LR_SCHEDULES = ("cosine", "constant")
 AMP_MODES = ("none", "bf16", "fp16")
+WEIGHTS_DTYPES = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,9 @@ class EngineSettings(OptimizerSettings):
     grad_accum: int = setting(1, min=1)  # micro-batches per update
     # stability
     amp: str = setting("none", choices=AMP_MODES)  # bf16 autocast, or fp16 + GradScaler
+    # "pure weights": the trained networks (and so their gradients and optimizer state) held
+    # in bfloat16, no float32 master copy; needs amp=bf16; the EMA copies stay float32
+    weights_dtype: str = setting("float32", choices=WEIGHTS_DTYPES)
     max_consecutive_skips: int = setting(20, min=1)  # non-finite updates in a row, then stop
     max_rollbacks: int = setting(3, min=1)  # rolled-back steps in a row, then stop
     snapshot_every: int = setting(1, min=1)  # updates between in-memory rollback snapshots
@@ -72,6 +76,11 @@ class EngineSettings(OptimizerSettings):
 
     def validate(self) -> None:
         """Cross-field rules (single fields are checked by their :class:`Rule`)."""
+        if self.weights_dtype == "bfloat16" and self.amp != "bf16":
+            raise ConfigError(
+                f"weights_dtype: bfloat16 weights need training.amp=bf16 (autocast feeds them "
+                f"the float32 data), got amp={self.amp}"
+            )
         if self.warmup_steps >= self.steps and self.lr_schedule == "cosine":
             raise ConfigError(
                 f"warmup_steps: {self.warmup_steps} leaves no cosine decay within "

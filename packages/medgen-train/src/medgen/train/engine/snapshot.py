@@ -45,6 +45,13 @@ def restore(run) -> None:
             )
         return
     state = checkpoint.read_state(ckpt)
+    stored = state.get("weights_dtype", "float32")  # checkpoints from before the setting
+    if stored != run.s.weights_dtype:
+        raise CheckpointError(
+            f"{ckpt}: its weights were trained in {stored}, training.weights_dtype is "
+            f"{run.s.weights_dtype}: resume with training.weights_dtype={stored}, or start "
+            "afresh (--fresh)"
+        )
     checkpoint.load_weights(ckpt, {n: run.setup.modules[n] for n in run.setup.trained()})
     training = checkpoint.load_training_state(ckpt)
     if run.ema is not None:
@@ -135,6 +142,7 @@ def _write_checkpoint(run, ranks: list) -> Path:
             "world_size": run.ctx.world_size,
             "skipped_updates": run.guard.skipped,
             "rollbacks": run.guard.rollbacks,
+            "weights_dtype": run.s.weights_dtype,
             "metrics": metrics,
         },
         files=run.files,

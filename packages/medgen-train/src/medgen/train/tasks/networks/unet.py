@@ -14,7 +14,8 @@ from medgen.train.tasks.networks.spec import NetworkSpec
 
 @dataclass(frozen=True)
 class UNetConfig:
-    """MONAI ``DiffusionModelUNet`` widths, depth and attention (2D or 3D from the data)."""
+    """MONAI ``DiffusionModelUNet`` widths, depth and attention (2D or 3D from the data);
+    ``gradient_checkpointing`` recomputes each down / middle / up block in the backward pass."""
 
     kind: str = "unet"
     channels: tuple[int, ...] = (32, 64, 64)
@@ -22,6 +23,7 @@ class UNetConfig:
     num_res_blocks: int = setting(1, min=1)
     num_head_channels: int = setting(32, min=1)
     norm_num_groups: int = setting(16, min=1)
+    gradient_checkpointing: bool = False
 
     def validate(self) -> None:
         """MONAI's constraints, checked before anything is built."""
@@ -74,6 +76,7 @@ class UNetConfig:
                 num_res_blocks=self.num_res_blocks,
                 num_head_channels=self.num_head_channels,
                 norm_num_groups=self.norm_num_groups,
+                gradient_checkpointing=self.gradient_checkpointing,
             )
         except ValueError as exc:  # anything MONAI still refuses
             raise ConfigError(f"model: {' '.join(str(exc).split())}") from None
