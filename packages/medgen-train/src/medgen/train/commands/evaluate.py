@@ -8,6 +8,13 @@ slice: what memorising averages would score). The reference defaults to the cach
 the run trained on (a memorisation / fidelity check); name a held-out split to score
 generalisation. Writes ``evaluation.json`` (every number, per sample too), ``evaluation.md``
 and ``nearest.png`` to ``SAMPLES/evaluation`` (or ``--out``).
+
+``--features EXTRACTOR`` (repeatable; ``medicalnet:PATH``, ``resnet2d:PATH``, ``random:SEED``,
+local weights only) adds FID, KID, CMMD and improved precision / recall of the samples against
+the whole reference split, each with percentile and BCa bootstrap intervals (``--bootstrap N``
+replicates, ``--seed``), and the protocol that produced them (extractor, weights sha256, N
+generated / reference, planes, input handling, reference split). With masks: regional metrics
+by lesion size (RANO-BM bins, Feret diameters from the cache's spacing).
 """
 
 from __future__ import annotations
@@ -25,8 +32,11 @@ from medgen.train.commands.sample import MANIFEST, parse_reference
 from medgen.train.commands.verb import add_fresh, add_quiet, add_verb, printer
 from medgen.train.errors import RunDirError
 from medgen.train.evaluation.control import control_fidelity
+from medgen.train.evaluation.distribution import SampleSizeError, distribution_metrics
+from medgen.train.evaluation.features import Extractor, FeatureError
 from medgen.train.evaluation.figures import sample_grid
 from medgen.train.evaluation.nearest import bin_mean_reference, score_samples, summarize
+from medgen.train.evaluation.regional import regional_metrics, size_bin_counts
 from medgen.train.progress import bars_disabled
 from medgen.train.reports.evaluation import evaluation_markdown
 from medgen.train.rundir import RunDir, Staging, check_target
@@ -81,6 +91,9 @@ def run_evaluate(
     fresh: bool = False,
     quiet: bool = False,
     say=print,
+    features: list[str] | None = None,
+    bootstrap: int = 200,
+    seed: int = 0,
 ) -> Path:
     """Score ``samples`` against ``reference`` (``CACHE[:split]``); returns the output dir."""
     samples = Path(samples)
@@ -94,11 +107,21 @@ def run_evaluate(
     if (out / "manifest.json").is_file() and not fresh:  # written last: a complete one
         old = json.loads((out / "evaluation.json").read_text())
         same = old.get("samples_request_hash") == manifest.get("request_hash")
+        same = same and old.get("request", {}) == {"features": features or [], "bootstrap":
+                                                   bootstrap, "seed": seed}  # fmt: skip
         if same and old.get("reference") == f"{cache}:{split}":
             say(f"evaluate: {out} already holds this evaluation")
             return out
         raise RunDirError(f"{out}: holds another evaluation; use --fresh or another --out")
     check_target(out, KIND)
+    if bootstrap < 2:
+        raise DataError(f"--bootstrap: expected at least 2 replicates, got {bootstrap}")
+    extractors = []
+    for spec in features or []:
+        try:
+            extractors.append(Extractor(spec))
+        except FeatureError as e:
+            raise DataError(str(e)) from None
     ref = load_reference(cache, split, "mode" in arrays, quiet)
     images = arrays["images"]
     if images.shape[1:] != ref["images"].shape[1:]:
@@ -131,8 +154,17 @@ def run_evaluate(
         **summarize(scores),
         "bin_mean_reference_ssim": bin_mean_reference(ref["images"], ref["z_bin"]),
         **control_fidelity(arrays),
-        "seconds": time.perf_counter() - t0,
+        "request": {"features": features or [], "bootstrap": bootstrap, "seed": seed},
     }
+    if extractors:
+        result["distribution"] = [
+            _distribution(ext, images, ref["images"], f"{cache}:{split}", bootstrap, seed, quiet)
+            for ext in extractors
+        ]
+    regional = _regional(arrays, ref, scores, cache)
+    if regional:
+        result["regional"] = regional
+    result["seconds"] = time.perf_counter() - t0
     with RunDir(out, KIND).claim(fresh) as claimed:
         claimed.mark()
         stage = Staging(out)
@@ -166,6 +198,75 @@ def run_evaluate(
         f"evaluate: {o['n']} samples vs {cache}:{split}: SSIM {o['ssim']['mean']:.3f}, PSNR "
         f"{o['psnr']['mean']:.2f} dB{dice}, {o['speckled']} speckled -> {out}"
     )
+    for block in result.get("distribution", []):
+        for plane, m in block["planes"].items():
+            f, lo, hi = m["fid"], *(m["fid"]["bca"] or (float("nan"),) * 2)
+            say(f"evaluate: {block['protocol']['spec']} {plane}: FID {f['estimate']:.4g} "
+                f"(95% BCa {lo:.4g}-{hi:.4g}), KID {m['kid']['estimate']:.3g}")  # fmt: skip
+    return out
+
+
+def _distribution(ext, images, ref_images, reference, n_boot, seed, quiet, groups=50) -> dict:
+    """One extractor's distribution metrics (per plane, and averaged over 2.5D planes) with
+    their protocol."""
+    try:
+        ext.check_sizes(len(images), len(ref_images), images.shape[1:])
+        gen = ext.extract(images)
+        real = ext.extract(ref_images)
+        planes = {
+            p: distribution_metrics(
+                gen[p], real[p], n_boot=n_boot, seed=seed, jackknife_groups=groups
+            )
+            for p in gen
+        }
+    except (FeatureError, SampleSizeError, ValueError) as e:  # also non-finite features
+        raise DataError(f"--features {ext.spec}: {e}") from None
+    block = {
+        "protocol": {
+            **ext.protocol,
+            "n_generated": len(images),
+            "n_reference": len(ref_images),
+            "feature_rows_per_sample": {p: int(v.shape[1]) for p, v in gen.items()},
+            "planes": list(gen),
+            "reference_split": reference,
+            "bootstrap": {
+                "replicates": n_boot,
+                "seed": seed,
+                "level": 0.95,
+                "resampling": "generated and reference independently, with "
+                "replacement, by sample (a volume's slices together)",
+            },
+        },
+        "planes": planes,
+    }
+    if len(planes) > 1:
+        block["mean_over_planes"] = {
+            m: float(np.mean([planes[p][m]["estimate"] for p in planes])) for m in planes["XY"]
+        }
+    return block
+
+
+def _regional(arrays: dict, ref: dict, scores, cache: Path) -> dict:
+    """Regional metrics by lesion size where the samples carry masks."""
+    if "masks" not in arrays:
+        return {}
+    manifest = json.loads((cache / "manifest.json").read_text())
+    masks = arrays["masks"].astype(bool)
+    spacing = manifest["spacing"][-masks.ndim + 1 :]
+    out: dict = {"spacing_mm": spacing, "bins": "RANO-BM: tiny < 10, small 10-20, medium "
+                 "20-30, large >= 30 mm (maximum Feret diameter)"}  # fmt: skip
+    counts = [size_bin_counts(m, spacing) for m in masks]
+    out["generated_lesions_per_bin"] = {b: sum(c[b] for c in counts) for b in counts[0]}
+    if ref["masks"] is not None:
+        rc = [size_bin_counts(m, spacing) for m in ref["masks"]]
+        out["reference_lesions_per_bin"] = {b: sum(c[b] for c in rc) for b in rc[0]}
+        nearest = [s.nearest for s in scores]
+        out["vs_nearest_real"] = regional_metrics(
+            ref["masks"][nearest], masks, spacing, arrays["images"], ref["images"][nearest]
+        )
+    if "control_mask" in arrays:
+        out["vs_control_mask"] = regional_metrics(arrays["control_mask"].astype(bool), masks,
+                                                  spacing)  # fmt: skip
     return out
 
 
@@ -177,6 +278,9 @@ def _command(args: argparse.Namespace) -> int:
         fresh=args.fresh,
         quiet=args.quiet,
         say=printer(args.quiet),
+        features=args.features,
+        bootstrap=args.bootstrap,
+        seed=args.seed,
     )
     return 0
 
@@ -188,5 +292,12 @@ def register(subparsers) -> None:
     p.add_argument("samples", help="a samples directory (from medgen-train sample)")
     p.add_argument("--reference", help="CACHE[:split] (default: the run's cache, train split)")
     p.add_argument("--out", help="output directory (default: SAMPLES/evaluation)")
+    p.add_argument("--features", action="append", metavar="EXTRACTOR",
+                   help="FID / KID / CMMD / precision / recall with bootstrap CIs on these "
+                   "features: medicalnet:PATH, resnet2d:PATH (local weights) or random:SEED "
+                   "(tests and demos only); repeatable")  # fmt: skip
+    p.add_argument("--bootstrap", type=int, default=200, metavar="N",
+                   help="bootstrap replicates for the intervals (default 200)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="bootstrap / KID subset seed")
     add_fresh(p, "evaluation")
     add_quiet(p)

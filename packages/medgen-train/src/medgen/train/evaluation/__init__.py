@@ -1,5 +1,16 @@
-"""Evaluation: image and mask metrics, nearest-real scoring with a speckle test, figures."""
+"""Evaluation: image and mask metrics, nearest-real scoring with a speckle test, distribution
+metrics with bootstrap intervals, regional metrics by lesion size, feature extractors
+(``evaluation.features``), figures."""
 
+from medgen.train.evaluation.bootstrap import bootstrap_ci
+from medgen.train.evaluation.distribution import (
+    SampleSizeError,
+    cmmd,
+    distribution_metrics,
+    fid,
+    kid,
+    precision_recall,
+)
 from medgen.train.evaluation.metrics import dice, laplacian_energy, nearest_index, psnr, ssim
 from medgen.train.evaluation.nearest import (
     SPECKLE_RATIO,
@@ -8,15 +19,26 @@ from medgen.train.evaluation.nearest import (
     score_samples,
     summarize,
 )
+from medgen.train.evaluation.regional import feret_diameter, lesions, regional_metrics
 
 __all__ = [
     "SPECKLE_RATIO",
     "SampleScore",
+    "SampleSizeError",
     "bin_mean_reference",
+    "bootstrap_ci",
+    "cmmd",
     "dice",
+    "distribution_metrics",
+    "feret_diameter",
+    "fid",
+    "kid",
     "laplacian_energy",
+    "lesions",
     "nearest_index",
+    "precision_recall",
     "psnr",
+    "regional_metrics",
     "score_samples",
     "ssim",
     "summarize",

@@ -30,6 +30,76 @@ def evaluation_table(result: dict) -> list[str]:
     return lines
 
 
+METRICS = (("fid", "FID"), ("kid", "KID"), ("cmmd", "CMMD"), ("precision", "precision"),
+           ("recall", "recall"))  # fmt: skip
+
+
+def _ci(pair) -> str:
+    return "n/a" if not pair else f"[{pair[0]:.4g}, {pair[1]:.4g}]"
+
+
+def distribution_lines(block: dict) -> list[str]:
+    """One extractor's metrics (per plane) with CIs, and its protocol, as Markdown."""
+    p = block["protocol"]
+    b = p["bootstrap"]
+    lines = [
+        f"## Distribution metrics: `{p['spec']}`",
+        "",
+        f"| plane | metric | value | {int(b['level'] * 100)}% CI (percentile) | "
+        f"{int(b['level'] * 100)}% CI (BCa) |",
+        "|---|---|---|---|---|",
+    ]
+    for plane, metrics in block["planes"].items():
+        for key, name in METRICS:
+            m = metrics[key]
+            extra = f" ± {m['std']:.3g} (subsets)" if key == "kid" else ""
+            lines.append(f"| {plane} | {name} | {m['estimate']:.4g}{extra} | "
+                         f"{_ci(m['percentile'])} | {_ci(m['bca'])} |")  # fmt: skip
+    for key, value in block.get("mean_over_planes", {}).items():
+        lines.append(f"| mean of planes | {dict(METRICS)[key]} | {value:.4g} | | |")
+    lines += ["", "Protocol:", ""]
+    fields = ("extractor", "architecture", "weights", "weights_sha256", "dim", "input",
+              "planes", "feature_rows_per_sample", "n_generated", "n_reference",
+              "reference_split", "note")  # fmt: skip
+    lines += [f"- {f}: `{p[f]}`" for f in fields if p.get(f) is not None]
+    lines.append(
+        f"- bootstrap: {b['replicates']} replicates, seed {b['seed']}, {b['resampling']}; "
+        "KID: polynomial kernel (degree 3, gamma 1/d, coef 1), mean ± std over subsets; "
+        "CMMD: RBF sigma 10, x1000; precision / recall: k = 3"
+    )
+    return [*lines, ""]
+
+
+def regional_lines(regional: dict) -> list[str]:
+    """Regional metrics by lesion size as Markdown."""
+    bins = ("tiny", "small", "medium", "large")
+    lines = [f"## Regional metrics by lesion size ({regional['bins']}; spacing "
+             f"{regional['spacing_mm']} mm)", ""]  # fmt: skip
+    counts = [("generated", regional["generated_lesions_per_bin"])]
+    if "reference_lesions_per_bin" in regional:
+        counts.append(("reference", regional["reference_lesions_per_bin"]))
+    lines += ["| lesions | " + " | ".join(bins) + " |", "|---" * 5 + "|"]
+    lines += [f"| {n} | " + " | ".join(str(c[b]) for b in bins) + " |" for n, c in counts]
+    for key, title in (("vs_nearest_real", "generated masks against the nearest real item's"),
+                       ("vs_control_mask", "generated masks against their control masks")):  # fmt: skip
+        if key not in regional:
+            continue
+        r = regional[key]
+        lines += ["", f"{title} (lesions of the latter):", "",
+                  "| bin | lesions | detection | Dice | IoU | MSE in lesions |", "|---" * 6 + "|"]  # fmt: skip
+
+        def f(v):
+            return "n/a" if v is None else f"{v:.3f}"
+
+        for b in bins:
+            x = r[b]
+            lines.append(f"| {b} | {x['n_lesions']} | {f(x.get('detection_rate'))} | "
+                         f"{f(x.get('dice'))} | {f(x.get('iou'))} | {f(x.get('mse_lesion'))} |")  # fmt: skip
+        if "background" in r:
+            lines.append(f"| background | | | | | {f(r['background']['mse'])} |")
+    return [*lines, ""]
+
+
 def evaluation_markdown(result: dict) -> str:
     """The whole ``evaluation.md``."""
     o = result["overall"]
@@ -49,6 +119,10 @@ def evaluation_markdown(result: dict) -> str:
         "![nearest](nearest.png)",
         "",
     ]
+    for block in result.get("distribution", []):
+        lines += distribution_lines(block)
+    if "regional" in result:
+        lines += regional_lines(result["regional"])
     if "control" in result:
         c = result["control"]["dice"]
         lines[-3:-3] = [
