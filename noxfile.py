@@ -26,7 +26,16 @@ NEEDS = {
     "models": ("cuda", "models"),
     "train": ("cuda", "data", "models", "train"),
 }
-TEST_EXTRAS = ("pytest>=8", "scikit-image", "PyWavelets", "diffusers>=0.30", "pyyaml", "nilearn")
+TEST_EXTRAS = (
+    "pytest>=8",
+    "scikit-image",
+    "PyWavelets",
+    "diffusers>=0.30",
+    "pyyaml",
+    "nilearn",
+    "torchmetrics",
+    "hypothesis",
+)
 # The dataset-layout tests' independent references (BIDS reading, nnU-Net's own fingerprint).
 LAYOUT_EXTRAS = ("pybids", "nnunetv2")
 
@@ -146,6 +155,46 @@ def cuda_full(session: nox.Session) -> None:
 
 
 @nox.session
+def gpu(session: nox.Session) -> None:
+    """Every CUDA test of every package, on a GPU node, against the CUDA kernels.
+
+    Installs torch==2.14.1 (the registry's CUDA 13 wheel, not the CPU pin), builds medgen-cuda
+    against it (its setup.py defaults CUDA_HOME to the real toolkit and TORCH_CUDA_ARCH_LIST to
+    8.0;9.0;10.0;12.0+PTX: DESIGN.md section 5), refuses to go on unless a device is visible and
+    the extension has CUDA kernels, then runs the tests marked ``cuda`` of all four packages and
+    the root tests (``pytest -m cuda``). Those tests assert with ``medgen.cuda.backend_counts()``
+    / ``last_backend()`` that the CUDA kernels, not the PyTorch fallback, produced their results.
+    Not in CI (no device there); extra arguments go to pytest."""
+    install_torch(session, "torch==2.14.1")
+    install_medgen(session, "cuda", constraints=False)
+    install_medgen(session, "data", "models", "train", constraints=False)
+    session.install(*TEST_EXTRAS, "monai")
+    session.run(
+        "python",
+        "-c",
+        "import torch, medgen.cuda as m, medgen.cuda._C as C; "
+        "assert torch.version.cuda and C.cuda_compiled(), 'CUDA kernels not built'; "
+        "assert torch.cuda.is_available(), 'no CUDA device visible: run this on a GPU node'; "
+        "print('GPU', torch.cuda.get_device_name(0), 'torch', torch.__version__)",
+    )
+    paths = [str(p / "tests") for p in PACKAGES.values()] + [str(ROOT / "tests")]
+    session.run("pytest", "-m", "cuda", "-rs", *paths, *session.posargs, env={"MEDGEN_QUIET": "1"})
+
+
+@nox.session(venv_backend="none")
+def mutants(session: nox.Session) -> None:
+    """Mutation testing (mutmut 3) of the numeric and safety modules; slow, outside CI.
+
+    Runs benchmarks/run_mutants.py in the current environment (an editable dev install, e.g.
+    ``pip install -e`` of the four packages, plus mutmut and the test extras): each module is
+    mutated in a scratch copy of its package, never in the source tree, against the test files
+    mapped to it; the score per module goes to bench/results/<timestamp>_mutants.{json,md}.
+    ``nox -s mutants -- train/ema data/zbin`` picks modules (``-- --list`` shows them)."""
+    session.run("python", "-m", "pip", "install", "-q", "mutmut>=3.8,<4")
+    session.run("python", str(ROOT / "benchmarks" / "run_mutants.py"), *session.posargs)
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff check + format check over the whole tree."""
     session.install("ruff>=0.6")
@@ -169,7 +218,9 @@ def bench(session: nox.Session) -> None:
     slicing, diffusers, MONAI), DICOM series reading (vs SimpleITK, pydicom), cache building,
     the training engine's step vs a bare loop, training-data loading (LoaderBatches vs MONAI's
     PersistentDataset, and the quickstart step fed from memory vs by the loader), and DDP on
-    2 gloo ranks vs the hand-written all-reduce it replaced. Run it on an otherwise idle
+    2 gloo ranks vs the hand-written all-reduce it replaced, and the denoising networks
+    (ConditionedUNet, DiT, HDiT, U-ViT at a matched size vs MONAI's DiffusionModelUNet, 2D and
+    3D, plus DiT vs HDiT step time over token counts). Run it on an otherwise idle
     machine. Extra arguments go to bench_cuda.py."""
     install_torch(session)
     install_medgen(session, "cuda", "data", "models", "train")  # brings MONAI and nilearn
@@ -182,3 +233,4 @@ def bench(session: nox.Session) -> None:
     session.run("python", str(bench / "bench_engine.py"), "--out", out)
     session.run("python", str(bench / "bench_loader.py"), "--out", out)
     session.run("python", str(bench / "bench_ddp.py"), "--out", out)
+    session.run("python", str(bench / "bench_networks.py"), "--out", out)

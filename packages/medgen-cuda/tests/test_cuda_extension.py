@@ -189,6 +189,7 @@ def test_cuda_extension_fp16_f16c_path_equals_scalar_path(tmp_path):
         assert torch.equal(_fp16_bits(v), _fp16_bits(s_)), f"output {i} differs"
 
 
+@pytest.mark.cuda
 @needs_gpu
 @needs_extension
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -200,14 +201,21 @@ def test_cuda_extension_gpu_equals_cpu_reference(dtype):
         kw = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
         return getattr(reference, name)(*moved, **kw)
 
+    before = mc.backend_counts()
     _compare_all_ops(dtype, "cuda", on_cpu)
+    after = mc.backend_counts()
+    # every op on the device ran the CUDA kernels (the CPU-side expectations ran the reference)
+    assert after["cuda"] > before["cuda"] and after["cpu"] == before["cpu"]
 
 
+@pytest.mark.cuda
 @needs_gpu
 def test_cuda_extension_gpu_outputs_stay_on_device():
     x = torch.randn(2, 1, 4, 4, 4, device="cuda")
     assert mc.haar_dwt(x).device == x.device
+    assert mc.last_backend() == "cuda"
     assert mc.ddim_step(x, x, 0.5, 0.6)[0].device == x.device
+    assert mc.last_backend() == "cuda"
 
 
 @pytest.fixture

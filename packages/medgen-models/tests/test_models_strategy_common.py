@@ -7,6 +7,7 @@ import types
 import pytest
 import torch
 
+import medgen.cuda
 from medgen.models import (
     DDPM,
     RectifiedFlow,
@@ -138,16 +139,25 @@ class TestStrategySamplerCommon:
             "cpu",
             pytest.param(
                 "cuda",
-                marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU"),
+                marks=[
+                    pytest.mark.cuda,
+                    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU"),
+                ],
             ),
         ],
     )
     def test_device_handling(self, make, sampler, device):
         strategy = make()
         x_T = torch.randn(SHAPES["2d"], generator=torch.Generator().manual_seed(6))
+        before = medgen.cuda.backend_counts()
         out = samplers.SAMPLERS[sampler](toy_model, strategy, x_T.to(device), 4,
                                          generator=torch.Generator(device).manual_seed(0))  # fmt: skip
         assert out.device.type == device
+        if device == "cuda" or medgen.cuda.extension_available():
+            # every update ran medgen.cuda's kernels for this device (CUDA on the GPU), none the
+            # PyTorch fallback: a GPU run on the fallback would otherwise pass unnoticed
+            counts = medgen.cuda.backend_counts()
+            assert counts[device] > before[device] and counts["reference"] == before["reference"]
         ref = run(strategy, sampler, x_T)
         if device == "cpu":
             assert torch.equal(out, ref)

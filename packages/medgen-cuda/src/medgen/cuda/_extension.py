@@ -14,7 +14,13 @@ import threading
 import warnings
 from types import ModuleType
 
-__all__ = ["ExtensionMissingWarning", "extension_available", "get_extension"]
+__all__ = [
+    "ExtensionMissingWarning",
+    "backend_counts",
+    "extension_available",
+    "get_extension",
+    "last_backend",
+]
 
 DISABLE_ENV = "MEDGEN_CUDA_DISABLE_EXTENSION"
 
@@ -31,6 +37,36 @@ _state: dict[str, object] = {
     "warned_missing": False,
     "warned_no_cuda": False,
 }
+
+
+# Which implementation the ops ran: one count per completed op call, by backend ("cuda": the
+# CUDA kernels, "cpu": the C++/OpenMP kernels, "reference": the pure-PyTorch fallback).
+# Recorded after the op returned, so a count means that implementation produced a result.
+BACKENDS = ("cuda", "cpu", "reference")
+_counts: dict[str, int] = dict.fromkeys(BACKENDS, 0)
+_last: list[str | None] = [None]
+
+
+def record(ext: ModuleType | None, device_type: str) -> None:
+    """Note that an op just ran on ``ext`` (None: the reference) for ``device_type`` tensors."""
+    backend = "reference" if ext is None else device_type
+    with _lock:
+        _counts[backend] += 1
+        _last[0] = backend
+
+
+def last_backend() -> str | None:
+    """The implementation the most recent op call of this process ran: ``"cuda"`` (CUDA
+    kernels), ``"cpu"`` (compiled CPU kernels), ``"reference"`` (PyTorch fallback), or None
+    before any. For tests and diagnostics: proves which code path produced a result."""
+    return _last[0]
+
+
+def backend_counts() -> dict[str, int]:
+    """How many op calls each implementation ran in this process so far (a copy); compare two
+    readings around a call to see which implementation it used."""
+    with _lock:
+        return dict(_counts)
 
 
 def _import_extension() -> ModuleType:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from . import reference
-from ._extension import get_extension
+from ._extension import get_extension, record
 
 __all__ = ["haar_dwt", "haar_dwt_multilevel", "haar_idwt", "haar_idwt_multilevel"]
 
@@ -43,9 +43,12 @@ def _dwt(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         _check_out(out, x, shape, "haar_dwt")
     ext = get_extension(x.device.type)
     if ext is not None:
-        return ext.haar_dwt(x, out)
-    y = reference.haar_dwt_impl(x)
-    return y if out is None else out.copy_(y)
+        y = ext.haar_dwt(x, out)
+    else:
+        y = reference.haar_dwt_impl(x)
+        y = y if out is None else out.copy_(y)
+    record(ext, x.device.type)
+    return y
 
 
 def _idwt(w: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -55,9 +58,12 @@ def _idwt(w: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         _check_out(out, w, shape, "haar_idwt")
     ext = get_extension(w.device.type)
     if ext is not None:
-        return ext.haar_idwt(w, out)
-    x = reference.haar_idwt_impl(w)
-    return x if out is None else out.copy_(x)
+        x = ext.haar_idwt(w, out)
+    else:
+        x = reference.haar_idwt_impl(w)
+        x = x if out is None else out.copy_(x)
+    record(ext, w.device.type)
+    return x
 
 
 class _HaarDWT(torch.autograd.Function):

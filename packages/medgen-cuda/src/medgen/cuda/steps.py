@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from . import _coeffs, reference
-from ._extension import get_extension
+from ._extension import get_extension, record
 
 __all__ = ["ddim_step", "ddpm_step", "euler_step"]
 
@@ -20,6 +20,12 @@ def _backend(*tensors: torch.Tensor | None):
     if torch.is_grad_enabled() and any(t.requires_grad for t in present):
         return None
     return get_extension(present[0].device.type)
+
+
+def _ran(ext, x: torch.Tensor, result):
+    """Record which implementation produced ``result`` (see :func:`medgen.cuda.last_backend`)."""
+    record(ext, x.device.type)
+    return result
 
 
 def ddim_step(
@@ -58,8 +64,8 @@ def ddim_step(
     )
     ext = _backend(x, m, n)
     if ext is None:
-        return reference.affine_step(x, m, n, coef, clip)
-    return tuple(ext.affine_step(x, m, n, coef, clip))
+        return _ran(ext, x, reference.affine_step(x, m, n, coef, clip))
+    return _ran(ext, x, tuple(ext.affine_step(x, m, n, coef, clip)))
 
 
 def ddpm_step(
@@ -87,8 +93,8 @@ def ddpm_step(
     )
     ext = _backend(x, m, n)
     if ext is None:
-        return reference.affine_step(x, m, n, coef, clip)
-    return tuple(ext.affine_step(x, m, n, coef, clip))
+        return _ran(ext, x, reference.affine_step(x, m, n, coef, clip))
+    return _ran(ext, x, tuple(ext.affine_step(x, m, n, coef, clip)))
 
 
 def euler_step(x: torch.Tensor, v: torch.Tensor, t, t_next) -> torch.Tensor:
@@ -100,5 +106,5 @@ def euler_step(x: torch.Tensor, v: torch.Tensor, t, t_next) -> torch.Tensor:
     x, v, dt = _coeffs.prepare_euler(x, v, t, t_next)
     ext = _backend(x, v)
     if ext is None:
-        return reference.axpy_step(x, v, dt)
-    return ext.axpy_step(x, v, dt)
+        return _ran(ext, x, reference.axpy_step(x, v, dt))
+    return _ran(ext, x, ext.axpy_step(x, v, dt))
