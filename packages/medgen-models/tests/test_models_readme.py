@@ -1,5 +1,6 @@
-"""The README's "Transformer backbones" and "ControlNet" examples run as written (the other
-sections' examples sample hundreds of steps and are covered by their own tests)."""
+"""The README's "Transformer backbones", "ControlNet" and "Loss terms" examples run as written
+(the other sections' examples sample hundreds of steps and are covered by their own tests;
+the autoencoder and DC-AE examples are run by their own test files)."""
 
 import re
 from pathlib import Path
@@ -30,3 +31,9 @@ def test_controlnet_example_runs(capsys):
     for i, block in enumerate(blocks):
         exec(compile(block, f"README.md controlnet block {i}", "exec"), namespace)
     assert capsys.readouterr().out.strip() == "True"
+
+
+def test_loss_terms_example_runs(capsys):
+    (block,) = re.findall(r"```python\n(.*?)```", _section("Loss terms from the seeds"), flags=re.S)
+    exec(compile(block, "README.md loss terms block", "exec"), {"__name__": "readme"})
+    assert capsys.readouterr().out.strip().endswith("[True, True]")

@@ -2,10 +2,19 @@
 
 Layout: :mod:`.strategies` (schedules, timesteps, DDPM, rectified flow, the Strategy
 protocol), :mod:`.samplers`, :mod:`.networks` (the Network protocol, ConditionedUNet, DiT, HDiT, UViT),
-:mod:`.conditioning`, :mod:`.spaces`, :mod:`.losses`. The names below are the public surface.
+:mod:`.conditioning`, :mod:`.spaces`, :mod:`.losses`, :mod:`.autoencoders` (KL-VAE, VQ-VAE,
+DC-AE, MAISI, their losses, chunked decoding). The names below are the public surface.
 """
 
-from medgen.models import conditioning, losses, networks, samplers, spaces, strategies
+from medgen.models import (
+    autoencoders,
+    conditioning,
+    losses,
+    networks,
+    samplers,
+    spaces,
+    strategies,
+)
 from medgen.models.conditioning import Conditioning, FiLM, ModeEmbedding, TokenEmbedding
 from medgen.models.losses import diffusion_loss, masked_mean_per_sample, min_snr_weight
 from medgen.models.networks import ConditionedUNet, DiT, HDiT, Network, UViT
@@ -51,6 +60,7 @@ __all__ = [
     "TokenEmbedding",
     "UViT",
     "WaveletSpace",
+    "autoencoders",
     "conditioning",
     "ddim",
     "diffusion_loss",
