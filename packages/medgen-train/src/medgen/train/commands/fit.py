@@ -45,7 +45,10 @@ KIND = "fit"
 # content is compared through the data fingerprint instead): free to change on resume
 FREE_DATA_KEYS = ("cache", "num_workers", "prefetch_factor", "persistent_workers", "pin_memory",
                   "verify")  # fmt: skip
-FREE_TASK_KEYS = ("eval_samples", "eval_buckets", "eval_seed")  # diagnostics only
+# diagnostics only (what is measured at evaluations, not what is learned)
+FREE_TASK_KEYS = ("eval_samples", "eval_buckets", "eval_seed", "eval_images", "overfit_kid_every",
+                  "overfit_kid_samples", "overfit_kid_steps", "overfit_kid_features")  # fmt: skip
+FREE_SPACE_KEYS = ("chunks", "overlap")  # how a latent space decodes (memory), not its latents
 FREE_MODEL_KEYS = ("gradient_checkpointing",)  # memory vs time, the same weights and gradients
 # training keys a resumed run cannot take: the data order, the batch, the optimizer's kind,
 # the precision (a grad scaler or none; the weights' dtype), EMA on or off
@@ -59,6 +62,8 @@ def _learned(config: dict) -> dict:
     if isinstance(data.get("recipe"), dict):  # where, not what: the fingerprint checks content
         data["recipe"] = {k: v for k, v in data["recipe"].items() if k not in ("out", "sources")}
     task = {k: v for k, v in (config.get("task") or {}).items() if k not in FREE_TASK_KEYS}
+    if isinstance(task.get("space"), dict):
+        task["space"] = {k: v for k, v in task["space"].items() if k not in FREE_SPACE_KEYS}
     model = config.get("model")
     if isinstance(model, dict):
         model = {k: v for k, v in model.items() if k not in FREE_MODEL_KEYS}
@@ -200,8 +205,9 @@ def _run_fit(cfg, run_dir, device, flag, fresh, quiet, say) -> FitResult:
             def count(names) -> float:
                 return sum(p.numel() for n in names for p in setup.modules[n].parameters()) / 1e6
 
-            frozen = setup.frozen()
-            what = f"{', '.join(setup.trained())} trained" if frozen else cfg.model.kind
+            frozen, trained = setup.frozen(), setup.trained()
+            single = trained == ("network",) and not frozen  # the model section's network alone
+            what = cfg.model.kind if single else f"{', '.join(trained)} trained"
             say(
                 f"fit: {cfg.task.kind} on {len(train)} items of {description.cache} "
                 f"({description.kind}, {', '.join(description.channels)}"

@@ -11,6 +11,10 @@ stops with the step and timestep named, and nothing is written. Output (default
 one NIfTI per sample and channel with the cache's spacing, ``grid.png``, and
 ``manifest.json`` (settings, checkpoint, file hashes) written last. Sampling again with the
 same settings into a complete directory reuses it; other settings there need ``--fresh``.
+``--trajectory K`` (default 4, 0: none) also keeps the denoising trajectories of the first K
+samples: their x0 predictions at 6 evenly spaced sampler steps, decoded to data space, in
+``trajectory.npz`` (``x0`` (K, F, C, *spatial), ``steps``, ``t``, ``index``) and
+``trajectory.png``.
 """
 
 from __future__ import annotations
@@ -32,11 +36,13 @@ from medgen.train.checkpoint.store import EMA_FILE, MODEL_FILE, load_weights
 from medgen.train.commands.verb import add_fresh, add_quiet, add_verb, printer
 from medgen.train.config.schema import apply_overrides, validate
 from medgen.train.errors import ConfigError, RunDirError
-from medgen.train.evaluation.figures import sample_grid
+from medgen.train.evaluation.figures import sample_grid, trajectory_figure
+from medgen.train.latents.space import pixel_cache
 from medgen.train.progress import bars_disabled
 from medgen.train.rundir import RunDir, Staging, check_target
 from medgen.train.runs import TrainedRun
 from medgen.train.tasks import TASKS
+from medgen.train.tasks.diffusion.trajectory import TrajectoryRecorder
 
 KIND = "samples"
 MANIFEST = "manifest.json"
@@ -77,7 +83,7 @@ def _priors(generator, reference: str | None, plan, description) -> None:
         )
     cache, split = parse_reference(reference, "val")
     if reference.startswith(":"):  # ":split": the run's own training cache
-        cache = Path(description.cache)
+        cache = Path(pixel_cache(description))
     ds = CacheDataset(cache, split, modality_as="mode" if description.n_modes else "channels")
     tokens = {}
     for i in range(len(ds)):
@@ -161,6 +167,18 @@ def _outputs(stage: Staging, samples: np.ndarray, plan, generator, nifti: bool) 
     return arrays
 
 
+def _trajectory(stage: Staging, recorder: TrajectoryRecorder, plan) -> None:
+    """``trajectory.npz`` and ``trajectory.png`` of the recorded samples."""
+    arrays = recorder.arrays()
+    if not arrays:
+        return
+    np.savez(stage.path("trajectory.npz"), **arrays)
+    labels = [f"#{i} bin {int(plan.z_bin[i])} class {int(plan.class_id[i])}"
+              for i in arrays["index"]]  # fmt: skip
+    trajectory_figure(stage.path("trajectory.png"), arrays["x0"][:, :, 0], arrays["steps"],
+                      arrays["t"], labels)  # fmt: skip
+
+
 def run_sample(
     run_dir: str | Path,
     *,
@@ -173,6 +191,7 @@ def run_sample(
     priors_from: str | None = None,
     overrides: list[str] = (),
     nifti: bool = True,
+    trajectory: int = 4,
     fresh: bool = False,
     quiet: bool = False,
     say=print,
@@ -185,12 +204,16 @@ def run_sample(
     d, s = run.description, cfg.sample
     if n is not None and n < 1:
         raise ConfigError(f"--n: expected at least 1 sample, got {n}")
+    if trajectory < 0:
+        raise ConfigError(f"--trajectory: expected 0 or more samples, got {trajectory}")
     has_ema = (run.checkpoint / EMA_FILE).is_file()
     if s.ema and not has_ema:
         raise ConfigError(f"{run.checkpoint}: no EMA weights (ema_decay=0); use --no-ema")
     spec = TASKS[cfg.task.kind]
     if spec.generator is None:
-        raise ConfigError(f"task.kind {cfg.task.kind!r} does not generate samples")
+        instead = getattr(cfg.task, "instead_of_sample", "")  # what such a run is for
+        raise ConfigError(f"{run_dir}: a task.kind {cfg.task.kind!r} run does not generate "
+                          f"samples{'; ' + instead if instead else ''}")  # fmt: skip
     device = cfg.run.torch_device()
     generator = spec.generator(cfg, d, device)
     weights = EMA_FILE if s.ema else MODEL_FILE
@@ -210,6 +233,7 @@ def run_sample(
         ).hexdigest(),
         "priors_from": priors_from,
         "nifti": nifti,
+        "trajectory": trajectory,
         **generator.provenance(),
     }
     request_hash = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
@@ -231,10 +255,14 @@ def run_sample(
             t0 = time.perf_counter()
             bar = tqdm(total=len(plan), desc="sample", unit="sample",
                        disable=bars_disabled(quiet))  # fmt: skip
-            samples = generator.generate(plan, s, clip_x0, on_batch=bar.update)
+            decode = generator.model.space.decode
+            recorder = TrajectoryRecorder(trajectory, s.steps, decode) if trajectory else None
+            samples = generator.generate(plan, s, clip_x0, on_batch=bar.update, on_step=recorder)
             bar.close()
             seconds = time.perf_counter() - t0
             _outputs(stage, samples, plan, generator, nifti)
+            if recorder is not None:
+                _trajectory(stage, recorder, plan)
             stage.commit(
                 MANIFEST,
                 {
@@ -250,7 +278,7 @@ def run_sample(
                         "shape": d.shape,
                         "spacing": d.spacing,
                         "orientation": d.orientation,
-                        "cache": d.cache,
+                        "cache": pixel_cache(d),
                         "train_split": cfg.data.train_split,
                         "n_bins": d.n_bins,
                         "n_classes": d.n_classes,
@@ -258,6 +286,7 @@ def run_sample(
                     },
                     "seconds": seconds,
                     "seconds_per_sample": seconds / max(1, len(plan)),
+                    "steps_taken": generator.steps_taken,  # per batch (sample.early_stop)
                     "device": str(device),
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 },
@@ -280,7 +309,9 @@ def _command(args: argparse.Namespace) -> int:
         "sample.spacing": args.spacing,
         "sample.per_token": args.per_token,
         "sample.ema": "false" if args.no_ema else None,
+        "sample.early_stop": args.early_stop,
         "run.device": args.device,
+        "task.space.chunks": args.chunks,
     }
     run_sample(
         args.run_dir,
@@ -293,6 +324,7 @@ def _command(args: argparse.Namespace) -> int:
         priors_from=args.priors_from,
         overrides=[f"{k}={v}" for k, v in flags.items() if v is not None],
         nifti=not args.no_nifti,
+        trajectory=args.trajectory,
         fresh=args.fresh,
         quiet=args.quiet,
         say=printer(args.quiet),
@@ -308,6 +340,8 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", default="latest", help="latest (default), best or step_N")
     p.add_argument("--out", help="samples directory (default: RUN_DIR/samples/<name>)")
     p.add_argument("--n", type=int, help="number of samples (cycling through the conditions)")
+    p.add_argument("--early-stop", type=float, dest="early_stop",
+                   help="stop a batch once its relative update is below this (seed 004)")  # fmt: skip
     p.add_argument("--per-token", type=int, dest="per_token",
                    help="samples per z-bin x class (default: sample.per_token)")  # fmt: skip
     p.add_argument("--bins", help="z-bins to sample, e.g. 0,4,9 (default: all)")
@@ -324,7 +358,12 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, dest="batch_size")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: the run's)")
+    p.add_argument("--chunks", type=int,
+                   help="latent runs: decode in N pieces along depth (task.space.chunks)")  # fmt: skip
     p.add_argument("--no-ema", action="store_true", help="use the raw training weights")
     p.add_argument("--no-nifti", action="store_true", help="skip the per-sample NIfTI files")
+    p.add_argument("--trajectory", type=int, default=4, metavar="K",
+                   help="keep the x0 predictions of the first K samples at 6 sampler steps "
+                   "(trajectory.npz / .png; default 4, 0: none)")  # fmt: skip
     add_fresh(p, "samples directory")
     add_quiet(p)

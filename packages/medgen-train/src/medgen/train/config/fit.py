@@ -82,6 +82,9 @@ class SampleSection:
     batch_size: int = setting(32, min=1)
     seed: int = setting(0, min=0)
     ema: bool = True  # sample the EMA weights (false: the raw training weights)
+    # seed 004's adaptive sampling: a batch stops once every sample's relative update
+    # ||x_next - x|| / ||x|| is below this and shrinking (returning its x0 prediction); null: off
+    early_stop: float | None = setting(None, gt=0)
 
 
 @dataclass(frozen=True)

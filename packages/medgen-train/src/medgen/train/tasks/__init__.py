@@ -1,6 +1,6 @@
 """Tasks: the registry and one subpackage per task (importing this registers them)."""
 
-from medgen.train.tasks import controlnet, diffusion
+from medgen.train.tasks import autoencoder, controlnet, diffusion
 from medgen.train.tasks.registry import TASK_CONFIGS, TASKS, BuildContext, TaskSpec, register
 
 __all__ = [
@@ -8,6 +8,7 @@ __all__ = [
     "TASK_CONFIGS",
     "BuildContext",
     "TaskSpec",
+    "autoencoder",
     "controlnet",
     "diffusion",
     "register",

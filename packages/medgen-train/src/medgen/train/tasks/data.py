@@ -25,6 +25,8 @@ from medgen.train.config.yaml_io import read_yaml
 from medgen.train.engine.batches import LoaderBatches
 from medgen.train.engine.distributed import DistContext
 from medgen.train.errors import ConfigError
+from medgen.train.latents.dataset import LatentDataset, is_latent_cache
+from medgen.train.latents.space import describe_latent
 
 RECIPES = Path(__file__).resolve().parents[1] / "configs" / "recipes"
 
@@ -138,6 +140,7 @@ class DataDescription:
     cache: str = ""
     fingerprint: str = ""  # hash of the recipe and of every shard's sha256
     tokens: list[int] = field(default_factory=list)  # the z-bin x class tokens trained on
+    latent: dict = field(default_factory=dict)  # latent space: autoencoder, scale factor
 
     def to_json(self) -> bytes:
         """The JSON bytes written as ``data.json``."""
@@ -188,6 +191,7 @@ def describe(manifest: dict, data: DataSection, cache: Path) -> DataDescription:
         },
         cache=str(cache),
         fingerprint=fingerprint,
+        latent=describe_latent(manifest, cache),
     )
 
 
@@ -198,6 +202,14 @@ def open_split(cache: Path, split: str, data: DataSection, key: str) -> CacheDat
     if not have.get(split):
         listed = ", ".join(f"{k} ({n} items)" for k, n in have.items()) or "none"
         raise ConfigError(f"{key}: split {split!r} of {cache} is empty or absent; splits: {listed}")
+    if is_latent_cache(manifest):  # made by medgen-train encode: whole items, all channels
+        if data.crop is not None or data.modality_as != "channels":
+            name = "crop" if data.crop is not None else "modality_as"
+            raise ConfigError(
+                f"data.{name}: {getattr(data, name)!r} needs the pixel cache; {cache} is a "
+                "latent cache"
+            )
+        return LatentDataset(cache, split, verify=data.verify)
     return CacheDataset(
         cache,
         split,

@@ -59,6 +59,11 @@ class BaseRun:
                 f"task.base: {cfg.base} is a {task.kind!r} run; a ControlNet steers a "
                 "'diffusion' run"
             )
+        if task.space.kind == "latent":  # its scale factor and autoencoder are not carried over
+            raise ConfigError(
+                f"task.base: {cfg.base} diffuses in a latent space; a ControlNet over a latent "
+                "run is not supported yet"
+            )
         if model.kind != "unet":
             raise ConfigError(
                 f"task.base: {cfg.base} trains a {model.kind!r} network; ControlNet is built "
@@ -157,7 +162,9 @@ class ControlledModel(DiffusionModel):
             copy_base=cfg.copy_base,
         ).to(device)
         fields = {f.name: getattr(core, f.name) for f in dataclasses.fields(DiffusionModel)}
-        fields.update(layout=layout, network=ControlledUNet(net, branch))
+        # The branch is trained on the plain diffusion loss: the base's learned loss weights
+        # (task.uncertainty_weighting) are not part of a ControlNet run.
+        fields.update(layout=layout, network=ControlledUNet(net, branch), loss_weighting=None)
         return cls(**fields, control_cfg=cfg, base_run=base)
 
     def checkpointed(self) -> dict[str, nn.Module]:

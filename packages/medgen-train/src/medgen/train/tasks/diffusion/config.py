@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from medgen.models import DDPM, PREDICTIONS, RectifiedFlow, schedules, spaces
+from medgen.models.losses import FREQUENCY_WEIGHTINGS
 from medgen.models.strategies.flow import T_SAMPLINGS
 from medgen.train.config.schema import Kinded, setting
 from medgen.train.errors import ConfigError
@@ -141,8 +142,30 @@ class SpaceToDepthConfig:
         return spaces.SpaceToDepth(spatial_dims, self.factor)
 
 
+@dataclass(frozen=True)
+class LatentSpaceConfig:
+    """A frozen autoencoder's latents (a ``task.kind: autoencoder`` run), scaled to unit
+    variance over the training split; built by :func:`medgen.train.latents.space.build_space`
+    (it needs the run's data), decoded in ``chunks`` pieces with ``overlap`` latent voxels of
+    context each when ``chunks`` > 1 (:func:`medgen.models.autoencoders.chunked_decode`)."""
+
+    kind: str = "latent"
+    autoencoder: str = ""  # the autoencoder's fit run directory
+    checkpoint: str = "best"  # which of its checkpoints: latest | best | step_N
+    chunks: int = setting(1, min=1)  # decode in this many pieces along depth (memory)
+    overlap: int = setting(2, min=0)  # latent voxels of context each piece decodes with
+
+    def validate(self) -> None:
+        """An autoencoder run named."""
+        if not self.autoencoder:
+            raise ConfigError(
+                "autoencoder: name the fit run directory of a task.kind autoencoder run"
+            )
+
+
 SPACES = {"pixel": PixelSpaceConfig, "wavelet": WaveletSpaceConfig}
 SPACES["space_to_depth"] = SpaceToDepthConfig
+SPACES["latent"] = LatentSpaceConfig
 
 
 @dataclass(frozen=True)
@@ -161,6 +184,17 @@ class DiffusionConfig:
     eval_samples: int = setting(64, min=1)  # held-out items scored at every evaluation
     eval_buckets: int = setting(10, min=2)  # timestep buckets of the x0-PSNR diagnostic
     eval_seed: int = setting(0, min=0)
+    # train-vs-validation KID at every N-th evaluation (0: off); medgen.train.evaluation.overfit
+    overfit_kid_every: int = setting(0, min=0)
+    overfit_kid_samples: int = setting(32, min=4)  # samples, and training / validation items
+    overfit_kid_steps: int = setting(10, min=1)  # sampler steps of those samples
+    overfit_kid_features: str = "random:0"  # extractor spec (evaluate --features)
+    lesion_weight: float = setting(0.0, min=0)  # lesion voxels weigh 1 + this in the loss
+    uncertainty_weighting: bool = False  # Kendall et al.: learned log-variance per channel
+    uncertainty_clamp: tuple[float, float] = (-5.0, 5.0)  # bounds of the log-variances
+    freq_loss_weight: float = setting(0.0, min=0)  # SBLDM: + lambda * MSE(FFT(out), FFT(target))
+    freq_weighting: str = setting("none", choices=FREQUENCY_WEIGHTINGS)  # radial: |k| weights
+    cutmix_prob: float = setting(0.0, min=0, max=1)  # SBLDM latent CutMix per sample
 
     def validate(self) -> None:
         """Channel names unique, not both generated and given."""
@@ -183,6 +217,11 @@ class DiffusionConfig:
             raise ConfigError(
                 f"eval_buckets: {self.eval_buckets} buckets over {steps} timesteps; expected at "
                 "most one bucket per timestep"
+            )
+        lo, hi = self.uncertainty_clamp
+        if not lo < hi:
+            raise ConfigError(
+                f"uncertainty_clamp: expected [low, high] with low < high, got {[lo, hi]}"
             )
         if self.space.kind != "pixel" and self.clip_x0 is not None:
             raise ConfigError(

@@ -19,6 +19,7 @@ import torch
 
 from medgen.models import Conditioning, samplers
 from medgen.train.errors import ConfigError, SamplingError
+from medgen.train.latents.space import provenance as latent_provenance
 from medgen.train.tasks.diffusion.task import DiffusionModel
 
 DDPM_SAMPLERS, FLOW_SAMPLERS = ("ddim", "ddpm"), ("euler", "heun")
@@ -97,8 +98,9 @@ class DiffusionGenerator:
         return cls(model, device)
 
     def provenance(self) -> dict:
-        """What the samples depend on besides the run's checkpoint (nothing here)."""
-        return {}
+        """What the samples depend on besides the run's checkpoint (a latent run: its
+        autoencoder's weights and decoding; else nothing)."""
+        return latent_provenance(self.model.space)
 
     def sampler_name(self, s) -> str:
         """The sampler the ``sample`` section ``s`` asks for (``auto`` resolved)."""
@@ -163,11 +165,18 @@ class DiffusionGenerator:
 
     @torch.no_grad()
     def generate(
-        self, plan: Plan, s, clip_x0: float | None = None, on_batch: Callable | None = None
+        self,
+        plan: Plan,
+        s,
+        clip_x0: float | None = None,
+        on_batch: Callable | None = None,
+        on_step: Callable | None = None,
     ) -> np.ndarray:
         """Samples (N, C, *spatial) float32 in data space, images clamped to [-1, 1]; ``s`` is
         a run's ``sample`` section (sampler, steps, eta, spacing, guidance, batch size, seed),
-        ``clip_x0`` the pixel-space x0 bound of DDPM samplers."""
+        ``clip_x0`` the pixel-space x0 bound of DDPM samplers. ``on_step(info, indices)``, if
+        given, sees every sampler step (``info``: ``i``, ``t``, ``x``, ``x0``, in the model's
+        space) with the plan indices of the batch's samples."""
         m = self.model
         sampler = resolve_sampler(m.strategy.kind, s.sampler, "--sampler")
         if s.guidance is not None and m.null_token is None:
@@ -177,6 +186,7 @@ class DiffusionGenerator:
             )
         net = m.network.eval()
         out = []
+        self.steps_taken: list[int] = []  # per batch: fewer than s.steps where early_stop ended it
         for start in range(0, len(plan), s.batch_size):
             idx = list(range(start, min(start + s.batch_size, len(plan))))
             x_T = torch.cat(
@@ -201,13 +211,15 @@ class DiffusionGenerator:
             token = torch.from_numpy(plan.token[idx]).to(self.device)
             generator = torch.Generator().manual_seed(s.seed * 7919 + start)
 
-            def check(info, first=idx[0], last=idx[-1]):
+            def check(info, first=idx[0], last=idx[-1], batch=idx):
                 if not torch.isfinite(info["x"]).all():
                     bad = int((~torch.isfinite(info["x"])).flatten(1).any(1).sum())
                     raise SamplingError(
                         f"non-finite values at step {info['i'] + 1} (t={info['t']}) in {bad} of "
                         f"the samples {first}..{last}; nothing was written"
                     )
+                if on_step is not None:
+                    on_step(info, batch)
 
             kwargs = dict(
                 cond=token,
@@ -220,9 +232,12 @@ class DiffusionGenerator:
                 kwargs.update(spacing=s.spacing, clip_x0=clip_x0)
             if sampler == "ddim":
                 kwargs["eta"] = s.eta
+            stop = samplers.EarlyStop(s.early_stop) if s.early_stop else None
             z = samplers.SAMPLERS[sampler](
-                self._model(net, cond), m.strategy, x_T, s.steps, **kwargs
+                self._model(net, cond), m.strategy, x_T, s.steps, early_stop=stop, **kwargs
             )
+            done = stop.stopped_at if stop is not None else None
+            self.steps_taken.append(s.steps if done is None else done + 1)
             x = m.space.decode(z).float()
             if not torch.isfinite(x).all():
                 raise SamplingError(f"decoding samples {idx[0]}..{idx[-1]} gave non-finite values")

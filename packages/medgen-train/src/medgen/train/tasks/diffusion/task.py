@@ -22,15 +22,21 @@ from torch import nn
 from torch.utils.data import default_collate
 
 from medgen.models import Conditioning, diffusion_loss, masked_mean_per_sample, min_snr_weight
+from medgen.models.augmentation import latent_cutmix
+from medgen.models.losses import frequency_loss
+from medgen.models.uncertainty import UncertaintyWeighting
 from medgen.train.engine.evaluators import Evaluation
 from medgen.train.engine.objectives import Objective, TrainingSetup
 from medgen.train.errors import ConfigError
+from medgen.train.evaluation.overfit import diffusion_overfit_kid
+from medgen.train.latents.space import build_space, calibrate, data_x0, encode_x0, latent_modules
 from medgen.train.tasks.data import DataDescription
 from medgen.train.tasks.diffusion.channels import ChannelLayout
 from medgen.train.tasks.diffusion.config import DiffusionConfig
 from medgen.train.tasks.networks import NetworkSpec
 
 NETWORK = "network"
+LOSS_WEIGHTS = "loss_weights"  # the learned log-variances of task.uncertainty_weighting
 
 
 def _to(batch: dict, device: torch.device) -> dict:
@@ -61,6 +67,7 @@ class DiffusionModel:
     network: nn.Module
     num_tokens: int | None
     latent_shape: tuple[int, ...]  # (C, *spatial) the network sees
+    loss_weighting: UncertaintyWeighting | None = None  # task.uncertainty_weighting
 
     @classmethod
     def build(cls, cfg: DiffusionConfig, model_cfg, description: DataDescription, device):
@@ -69,7 +76,7 @@ class DiffusionModel:
             cfg.generate, cfg.priors, description.channels, description.has_mask
         )
         strategy = cfg.strategy.build()
-        space = cfg.space.build(description.spatial_dims).to(device)
+        space = build_space(cfg.space, description, layout, device)
         shape = (1, len(layout.generate), *description.shape)
         try:
             latent = tuple(space.latent_shape(shape)[1:])
@@ -88,7 +95,12 @@ class DiffusionModel:
             prior_modes=tuple(layout.prior_modes()),
         )
         network = model_cfg.build(spec).to(device)
-        return cls(cfg, description, layout, strategy, space, network, num_tokens, latent)
+        weighting = _loss_weighting(cfg, description, layout, space)
+        if weighting is not None:
+            weighting = weighting.to(device)
+        return cls(
+            cfg, description, layout, strategy, space, network, num_tokens, latent, weighting
+        )
 
     @property
     def null_token(self) -> int | None:
@@ -106,11 +118,15 @@ class DiffusionModel:
 
     def checkpointed(self) -> dict[str, nn.Module]:
         """The modules a checkpoint of this run holds (the trained ones)."""
-        return {NETWORK: self.network}
+        out = {NETWORK: self.network}
+        if self.loss_weighting is not None:
+            out[LOSS_WEIGHTS] = self.loss_weighting
+        return out
 
     def modules(self) -> dict[str, nn.Module]:
-        """Every module of the run, trained or frozen, by name."""
-        return {NETWORK: self.network}
+        """Every module of the run, trained or frozen, by name (a latent space's autoencoder:
+        frozen, so the engine never trains, averages or checkpoints it)."""
+        return {**self.checkpointed(), **latent_modules(self.space)}
 
     def trained_network(self, nets) -> object:
         """The callable network of a training step, from the engine's ``nets``."""
@@ -121,16 +137,22 @@ class DiffusionModel:
         return ema.get(NETWORK, modules[NETWORK])
 
     def voxel_weights(self, batch: dict, valid, x0: torch.Tensor) -> torch.Tensor | None:
-        """Per-voxel loss weights on the grid of ``x0`` (None: every voxel alike); the
-        validity mask of padded volumes by default."""
-        return valid
+        """Per-voxel loss weights on the grid of ``x0`` (None: every voxel alike): the
+        validity mask of padded volumes, times ``1 + task.lesion_weight`` on lesion voxels
+        (a block of a downsampling space counts as lesion when any voxel in it is)."""
+        if not self.cfg.lesion_weight:
+            return valid
+        factor = batch["mask"].shape[-1] // x0.shape[-1]
+        lesion = _pool(batch["mask"] > 0, factor).to(x0.dtype)
+        w = 1.0 + self.cfg.lesion_weight * lesion
+        return w if valid is None else w * valid.to(w.dtype)
 
     def encode(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(x0 in the diffusion space, validity mask on its grid or None)."""
-        x0 = self.space.encode(self.layout.x0(batch))
+        x0 = encode_x0(self.space, self.layout, batch)
         valid = batch.get("valid")
         if valid is not None:
-            valid = _pool(valid, batch["image"].shape[-1] // x0.shape[-1])
+            valid = _pool(valid, valid.shape[-1] // x0.shape[-1])
         return x0, valid
 
     def bucket(self, t: torch.Tensor, n: int) -> torch.Tensor:
@@ -152,11 +174,21 @@ class DiffusionModel:
         return {}
 
     def losses(
-        self, net, batch: dict, t: torch.Tensor, noise: torch.Tensor, x0, valid, cond, extra=False
+        self,
+        net,
+        batch: dict,
+        t: torch.Tensor,
+        noise: torch.Tensor,
+        x0,
+        valid,
+        cond,
+        extra=False,
+        weighting=None,
     ):
         """(diffusion_loss dict, per-sample weighted loss (B,)) at timesteps ``t``; ``valid``
         may be float voxel weights (a weighted mean); ``extra``: add :meth:`extra_losses`
-        to ``loss`` (training)."""
+        to ``loss`` (training); ``weighting``: the (wrapped) :class:`UncertaintyWeighting`
+        that turns the channel groups' losses into ``loss`` (training)."""
         x_t = self.strategy.add_noise(x0, noise, t)
         out = net(x_t, self.strategy.model_time(t).to(x0.device), cond)
         target = self.strategy.training_target(x0, noise, t)
@@ -164,6 +196,15 @@ class DiffusionModel:
         groups = self.layout.latent_groups(self.space)
         m = valid if valid is not None else None
         losses = diffusion_loss(out, target, weight=w, mask=m, channels=groups, kind=self.cfg.loss)
+        if weighting is not None:
+            losses["loss"], weights = weighting({g: losses[g] for g in groups})
+            losses.update({k: torch.tensor(v) for k, v in weights.items()})
+        if extra and self.cfg.freq_loss_weight:
+            freq = frequency_loss(out, target, weighting=self.cfg.freq_weighting, mask=m)
+            if w is not None:
+                freq = freq * w
+            losses["freq"] = self.cfg.freq_loss_weight * freq.mean()
+            losses["loss"] = losses["loss"] + losses["freq"]
         if extra:
             for name, term in self.extra_losses(net, batch, x_t, out, t, cond).items():
                 losses[name] = term
@@ -199,7 +240,12 @@ class DiffusionTask:
         cond = m.conditioning(batch, tokens)
         net = m.trained_network(nets)
         weights = m.voxel_weights(batch, valid, x0)
-        losses, per_sample = m.losses(net, batch, t, noise, x0, weights, cond, extra=True)
+        if m.cfg.cutmix_prob:
+            x0, weights, _ = latent_cutmix(x0, weights, m.cfg.cutmix_prob, self.generator)
+        weighting = nets[LOSS_WEIGHTS] if m.loss_weighting is not None else None
+        losses, per_sample = m.losses(
+            net, batch, t, noise, x0, weights, cond, extra=True, weighting=weighting
+        )
         logs = {f"loss_{k}": float(v.detach()) for k, v in losses.items() if k != "loss"}
         n = m.cfg.eval_buckets
         bucket = m.bucket(t, n).cpu()
@@ -291,7 +337,7 @@ class DiffusionEvaluator:
             add("val_loss", float(per_sample.sum()), len(chunk))
             for name in m.layout.latent_groups(m.space):
                 add(f"val_loss_{name}", float(losses[name]) * len(chunk), len(chunk))
-            truth = m.layout.x0(batch)[:, m.layout.image_indices()].float()
+            truth = data_x0(m.space, m.layout, batch)[:, m.layout.image_indices()].float()
             weight = batch.get("valid")
             for k in range(m.cfg.eval_buckets):
                 err = (self._x0_prediction(net, batch, x0, cond, chunk, k).float() - truth) ** 2
@@ -309,7 +355,7 @@ class DiffusionEvaluator:
         chunk = self.items[:4]
         batch, x0, _, cond = self._batch(chunk)
         n = m.cfg.eval_buckets
-        columns = [m.layout.x0(batch)[:, m.layout.image_indices()[0]]]
+        columns = [data_x0(m.space, m.layout, batch)[:, m.layout.image_indices()[0]]]
         for k in (1, n // 2, n - 1):
             columns.append(self._x0_prediction(net, batch, x0, cond, chunk, k)[:, 0])
         return _grid([c.detach().float().cpu() for c in columns])
@@ -321,6 +367,25 @@ class DiffusionEvaluator:
             mse = means.get(f"x0_mse_t{k}", math.nan)
             out[f"x0_psnr_t{k}"] = 10 * math.log10(4.0 / max(mse, 1e-12)) if mse == mse else mse
         return out
+
+
+def _loss_weighting(cfg, description, layout, space) -> UncertaintyWeighting | None:
+    """The learned loss weighting of ``task.uncertainty_weighting`` (None when off); checks
+    ``task.lesion_weight`` has masks to weigh by."""
+    if cfg.lesion_weight and not description.has_mask:
+        raise ConfigError(
+            f"task.lesion_weight: {cfg.lesion_weight} weighs lesion voxels, but the cache has no "
+            "masks (set task.lesion_weight=0)"
+        )
+    if not cfg.uncertainty_weighting:
+        return None
+    groups = layout.latent_groups(space)
+    if len(groups) < 2:
+        raise ConfigError(
+            "task.uncertainty_weighting: needs two or more generated channel groups kept apart "
+            f"by the space; the {space.kind!r} space gives {sorted(groups) or 'one mixed group'}"
+        )
+    return UncertaintyWeighting(tuple(groups), cfg.uncertainty_clamp)
 
 
 def _grid(columns: list[torch.Tensor]) -> np.ndarray:
@@ -339,6 +404,8 @@ def build_setup(ctx) -> TrainingSetup:
     """The training setup of a ``diffusion`` task for a build context."""
     cfg = ctx.config.task
     model = DiffusionModel.build(cfg, ctx.config.model, ctx.description, ctx.device)
+    if cfg.space.kind == "latent":  # the scale factor, recorded in data.json
+        calibrate(model, ctx)
     seed = ctx.config.training.seed + 1 + 1000 * ctx.dist.rank  # own noise per rank
     task = DiffusionTask(model, ctx.device, seed)
     evaluators = []
@@ -346,6 +413,9 @@ def build_setup(ctx) -> TrainingSetup:
         evaluators.append(
             DiffusionEvaluator(model, ctx.eval_dataset, ctx.config.training.batch_size, ctx.device)
         )
+    overfit = diffusion_overfit_kid(ctx, model)  # task.overfit_kid_every (0: None)
+    if overfit is not None:
+        evaluators.append(overfit)
     setup = TrainingSetup(
         modules=model.modules(),
         objectives=[Objective("diffusion", tuple(model.checkpointed()), task.loss)],
