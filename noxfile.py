@@ -220,11 +220,14 @@ def bench(session: nox.Session) -> None:
     PersistentDataset, and the quickstart step fed from memory vs by the loader), and DDP on
     2 gloo ranks vs the hand-written all-reduce it replaced, and the denoising networks
     (ConditionedUNet, DiT, HDiT, U-ViT at a matched size vs MONAI's DiffusionModelUNet, 2D and
-    3D, plus DiT vs HDiT step time over token counts). Run it on an otherwise idle
+    3D, plus DiT vs HDiT step time over token counts), and decoding a 3D latent to 128^3 unsplit
+    vs chunked vs MONAI's sliding window (peak RSS, time), and FID / KID on 10,000 x 2048
+    features vs torchmetrics and the scipy sqrtm route plus feature-extraction throughput
+    (bench_fid.py). Run it on an otherwise idle
     machine. Extra arguments go to bench_cuda.py."""
     install_torch(session)
     install_medgen(session, "cuda", "data", "models", "train")  # brings MONAI and nilearn
-    session.install("-c", CONSTRAINTS, "PyWavelets", "ptwt", "diffusers>=0.30")
+    session.install("-c", CONSTRAINTS, "PyWavelets", "ptwt", "diffusers>=0.30", "torchmetrics>=1.0")
     out = str(ROOT / "bench" / "results")
     bench = ROOT / "benchmarks"
     session.run("python", str(bench / "bench_cuda.py"), "--out", out, *session.posargs)
@@ -234,3 +237,7 @@ def bench(session: nox.Session) -> None:
     session.run("python", str(bench / "bench_loader.py"), "--out", out)
     session.run("python", str(bench / "bench_ddp.py"), "--out", out)
     session.run("python", str(bench / "bench_networks.py"), "--out", out)
+    session.run("python", str(bench / "bench_fid.py"), "--out", out)
+    session.run("python", str(bench / "bench_autoencoder_decode.py"), "--out", out)
+    session.run("python", str(bench / "bench_autoencoder_decode.py"), "--out", out, "--norm", "none",
+                "--chunks", "4:auto", "--no-sliding")  # fmt: skip

@@ -14,19 +14,9 @@ import SimpleITK as sitk
 import yaml
 
 from medgen.train.cli import main
+from medgen.train.config.tiny import TINY as TINY_RUN
 
-TINY = [
-    "model.channels=16,32",
-    "model.attention_levels=false,false",
-    "training.steps=2",
-    "training.batch_size=4",
-    "training.warmup_steps=1",
-    "training.log_every=1",
-    "task.eval_samples=4",
-    "data.eval_split=train",
-    "data.recipe.size=16",
-    "data.recipe.n_bins=4",
-]
+TINY = list(TINY_RUN)
 
 
 def fails(capsys, *argv, match):

@@ -15,19 +15,9 @@ import yaml
 from safetensors.torch import load_file
 
 from medgen.train.cli import main
+from medgen.train.config.tiny import TINY as TINY_RUN
 
-BASE_TINY = [
-    "model.channels=16,32",
-    "model.attention_levels=false,false",
-    "training.steps=2",
-    "training.batch_size=4",
-    "training.warmup_steps=1",
-    "training.log_every=1",
-    "task.eval_samples=4",
-    "data.eval_split=train",
-    "data.recipe.size=16",
-    "data.recipe.n_bins=4",
-]
+BASE_TINY = list(TINY_RUN)
 DATA = ["data.recipe.size=16", "data.recipe.n_bins=4"]
 STEPS = ["training.steps=2", "training.batch_size=4", "training.warmup_steps=1"]
 

@@ -10,20 +10,10 @@ import pytest
 import torch
 
 from medgen.train.cli import main
+from medgen.train.config.tiny import TINY as TINY_RUN
 from medgen.train.evaluation.features import resnet2d_model
 
-TINY = [
-    "model.channels=16,32",
-    "model.attention_levels=false,false",
-    "training.steps=2",
-    "training.batch_size=4",
-    "training.warmup_steps=1",
-    "training.log_every=1",
-    "task.eval_samples=4",
-    "data.eval_split=train",
-    "data.recipe.size=16",
-    "data.recipe.n_bins=4",
-]
+TINY = list(TINY_RUN)
 
 
 @pytest.fixture(scope="module")

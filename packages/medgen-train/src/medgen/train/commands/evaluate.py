@@ -6,39 +6,56 @@ masks, Dice; a sample is *speckled* when its mean squared Laplacian exceeds twic
 real item's. Also the bin-mean reference (each bin's mean image against its nearest real
 slice: what memorising averages would score). The reference defaults to the cache and split
 the run trained on (a memorisation / fidelity check); name a held-out split to score
-generalisation. Writes ``evaluation.json`` (every number, per sample too), ``evaluation.md``
-and ``nearest.png`` to ``SAMPLES/evaluation`` (or ``--out``).
+generalisation. Writes ``evaluation.json`` (every number, per sample too), ``evaluation.md``,
+``nearest.png``, ``errors.png`` (per-pixel error maps against the nearest real items),
+``worst.png`` (the 8 samples of lowest SSIM) and ``report.html`` (one self-contained page:
+every table with its intervals and protocol, every figure, the samples' grid and denoising
+trajectories) to ``SAMPLES/evaluation`` (or ``--out``).
 
-``--features EXTRACTOR`` (repeatable; ``medicalnet:PATH``, ``resnet2d:PATH``, ``random:SEED``,
-local weights only) adds FID, KID, CMMD and improved precision / recall of the samples against
-the whole reference split, each with percentile and BCa bootstrap intervals (``--bootstrap N``
-replicates, ``--seed``), and the protocol that produced them (extractor, weights sha256, N
-generated / reference, planes, input handling, reference split). With masks: regional metrics
-by lesion size (RANO-BM bins, Feret diameters from the cache's spacing).
+``--features EXTRACTOR`` (repeatable; ``medicalnet:PATH``, ``resnet2d:PATH``,
+``autoencoder:RUN_DIR[:CHECKPOINT]``, ``random:SEED``; local weights only) adds FID, KID, CMMD and
+improved precision / recall of the samples against the whole reference split, each with percentile
+and BCa bootstrap intervals (``--bootstrap N`` replicates, ``--seed``), and the protocol that
+produced them (extractor, weights sha256, N generated / reference, planes, input handling, reference
+split). With masks: regional metrics by lesion size (RANO-BM bins, Feret diameters from the cache's
+spacing). Always: diversity (mean MS-SSIM over pairs of samples, overall and per z-bin x class);
+samples holding NaN or inf are excluded from every metric, counted per group and listed
+(``non_finite``), with one warning line. ``--lpips VGG16_WEIGHTS[,HEADS]`` adds LPIPS against the
+nearest real item.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from medgen.data import CacheDataset, DataError
+from medgen.data import CacheDataset, DataError, read_manifest
 from medgen.train.commands.sample import MANIFEST, parse_reference
 from medgen.train.commands.verb import add_fresh, add_quiet, add_verb, printer
 from medgen.train.errors import RunDirError
 from medgen.train.evaluation.control import control_fidelity
 from medgen.train.evaluation.distribution import SampleSizeError, distribution_metrics
+from medgen.train.evaluation.diversity import diversity
 from medgen.train.evaluation.features import Extractor, FeatureError
-from medgen.train.evaluation.figures import sample_grid
+from medgen.train.evaluation.figures import evaluation_figures, sample_grid
+from medgen.train.evaluation.finite import (
+    NonFiniteSamplesError,
+    original_index,
+    screen_samples,
+    with_original_indices,
+)
+from medgen.train.evaluation.lpips import LPIPS, lpips_nearest
 from medgen.train.evaluation.nearest import bin_mean_reference, score_samples, summarize
 from medgen.train.evaluation.regional import regional_metrics, size_bin_counts
 from medgen.train.progress import bars_disabled
 from medgen.train.reports.evaluation import evaluation_markdown
+from medgen.train.reports.evaluation_blocks import evaluation_document
 from medgen.train.rundir import RunDir, Staging, check_target
 
 KIND = "evaluation"
@@ -60,6 +77,12 @@ def read_samples(samples: Path) -> tuple[dict, dict]:
 
 def load_reference(cache: Path, split: str, n_modes: bool, quiet: bool) -> dict:
     """Every item of ``split``: images (M, C, *spatial), masks, z-bins, classes."""
+    latent = (read_manifest(cache) if (cache / "manifest.json").is_file() else {}).get("latent")
+    if latent:  # samples are in data space: compare them with data, not latents
+        raise DataError(
+            f"--reference {cache}: a latent cache (medgen-train encode); evaluate against the "
+            f"pixel cache it was encoded from, {latent['source']['cache']}"
+        )
     ds = CacheDataset(cache, split, modality_as="mode" if n_modes else "channels")
     images, masks, bins, classes, modes, valid = [], [], [], [], [], []
     for i in tqdm(range(len(ds)), desc="reference", disable=bars_disabled(quiet)):
@@ -94,10 +117,18 @@ def run_evaluate(
     features: list[str] | None = None,
     bootstrap: int = 200,
     seed: int = 0,
+    lpips: str | None = None,
 ) -> Path:
     """Score ``samples`` against ``reference`` (``CACHE[:split]``); returns the output dir."""
     samples = Path(samples)
+    request = {"features": features or [], "bootstrap": bootstrap, "seed": seed}
+    if lpips:
+        request["lpips"] = lpips
     manifest, arrays = read_samples(samples)
+    try:  # non-finite samples are excluded from every metric, counted and listed
+        arrays, non_finite = screen_samples(arrays, str(samples))
+    except NonFiniteSamplesError as e:
+        raise DataError(str(e)) from None
     data = manifest["data"]
     if reference is None:
         cache, split = Path(data["cache"]), data["train_split"]
@@ -107,8 +138,7 @@ def run_evaluate(
     if (out / "manifest.json").is_file() and not fresh:  # written last: a complete one
         old = json.loads((out / "evaluation.json").read_text())
         same = old.get("samples_request_hash") == manifest.get("request_hash")
-        same = same and old.get("request", {}) == {"features": features or [], "bootstrap":
-                                                   bootstrap, "seed": seed}  # fmt: skip
+        same = same and old.get("request", {}) == request
         if same and old.get("reference") == f"{cache}:{split}":
             say(f"evaluate: {out} already holds this evaluation")
             return out
@@ -122,6 +152,12 @@ def run_evaluate(
             extractors.append(Extractor(spec))
         except FeatureError as e:
             raise DataError(str(e)) from None
+    lpips_metric = None
+    if lpips:
+        try:
+            lpips_metric = LPIPS(lpips, arrays["images"].ndim - 2, seed=seed)
+        except (ValueError, OSError) as e:
+            raise DataError(f"--lpips: {' '.join(str(e).split())}") from None
     ref = load_reference(cache, split, "mode" in arrays, quiet)
     images = arrays["images"]
     if images.shape[1:] != ref["images"].shape[1:]:
@@ -151,11 +187,17 @@ def run_evaluate(
         "step": manifest.get("step"),
         "sampler": manifest.get("settings"),
         "samples_request_hash": manifest.get("request_hash"),
-        **summarize(scores),
+        **summarize(with_original_indices(scores, non_finite)),
+        "non_finite": non_finite,
+        "diversity": diversity(images, arrays["z_bin"], arrays["class_id"], seed=seed),
         "bin_mean_reference_ssim": bin_mean_reference(ref["images"], ref["z_bin"]),
         **control_fidelity(arrays),
-        "request": {"features": features or [], "bootstrap": bootstrap, "seed": seed},
+        "request": request,
     }
+    if lpips_metric is not None:
+        kept = [original_index(s.index, non_finite) for s in scores]
+        result["lpips"] = lpips_nearest(lpips_metric, images, ref["images"],
+                                        [s.nearest for s in scores], kept)  # fmt: skip
     if extractors:
         result["distribution"] = [
             _distribution(ext, images, ref["images"], f"{cache}:{split}", bootstrap, seed, quiet)
@@ -175,7 +217,8 @@ def run_evaluate(
             for s in scores[:: max(1, len(scores) // 12)][:12]:
                 rows.append(
                     {
-                        "label": f"#{s.index} bin {s.z_bin} class {s.class_id}",
+                        "label": f"#{original_index(s.index, non_finite)} bin {s.z_bin} "
+                        f"class {s.class_id}",
                         "images": images[s.index : s.index + 1, 0],
                         "masks": arrays["masks"][s.index : s.index + 1]
                         if "masks" in arrays
@@ -186,6 +229,9 @@ def run_evaluate(
                     }
                 )
             sample_grid(stage.path("nearest.png"), rows)
+            evaluation_figures(stage.dir, scores, images, ref["images"])
+            page = evaluation_document(result, stage.dir, samples).html()
+            stage.path("report.html").write_text(page)
             stage.commit("manifest.json", {"kind": KIND, "samples": str(samples)})
         except BaseException:
             stage.abandon()
@@ -198,6 +244,8 @@ def run_evaluate(
         f"evaluate: {o['n']} samples vs {cache}:{split}: SSIM {o['ssim']['mean']:.3f}, PSNR "
         f"{o['psnr']['mean']:.2f} dB{dice}, {o['speckled']} speckled -> {out}"
     )
+    if non_finite["warning"]:
+        print(f"evaluate: warning: {non_finite['warning']}", file=sys.stderr)
     for block in result.get("distribution", []):
         for plane, m in block["planes"].items():
             f, lo, hi = m["fid"], *(m["fid"]["bca"] or (float("nan"),) * 2)
@@ -280,6 +328,7 @@ def _command(args: argparse.Namespace) -> int:
         say=printer(args.quiet),
         features=args.features,
         bootstrap=args.bootstrap,
+        lpips=args.lpips,
         seed=args.seed,
     )
     return 0
@@ -294,10 +343,14 @@ def register(subparsers) -> None:
     p.add_argument("--out", help="output directory (default: SAMPLES/evaluation)")
     p.add_argument("--features", action="append", metavar="EXTRACTOR",
                    help="FID / KID / CMMD / precision / recall with bootstrap CIs on these "
-                   "features: medicalnet:PATH, resnet2d:PATH (local weights) or random:SEED "
+                   "features: medicalnet:PATH, resnet2d:PATH (local weights), "
+                   "autoencoder:RUN_DIR[:CHECKPOINT] (a MedGen autoencoder run) or random:SEED "
                    "(tests and demos only); repeatable")  # fmt: skip
     p.add_argument("--bootstrap", type=int, default=200, metavar="N",
                    help="bootstrap replicates for the intervals (default 200)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="bootstrap / KID subset seed")
+    p.add_argument("--lpips", metavar="VGG16_WEIGHTS[,HEADS]",
+                   help="LPIPS against the nearest real item, from local torchvision VGG16 "
+                   "weights (and lpips' vgg.pth heads)")  # fmt: skip
     add_fresh(p, "evaluation")
     add_quiet(p)

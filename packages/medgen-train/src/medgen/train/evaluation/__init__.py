@@ -11,7 +11,10 @@ from medgen.train.evaluation.distribution import (
     kid,
     precision_recall,
 )
+from medgen.train.evaluation.diversity import diversity
+from medgen.train.evaluation.finite import screen_samples
 from medgen.train.evaluation.metrics import dice, laplacian_energy, nearest_index, psnr, ssim
+from medgen.train.evaluation.msssim import MSSSIMSettings, ms_ssim, msssim_settings
 from medgen.train.evaluation.nearest import (
     SPECKLE_RATIO,
     SampleScore,
@@ -23,6 +26,7 @@ from medgen.train.evaluation.regional import feret_diameter, lesions, regional_m
 
 __all__ = [
     "SPECKLE_RATIO",
+    "MSSSIMSettings",
     "SampleScore",
     "SampleSizeError",
     "bin_mean_reference",
@@ -30,16 +34,20 @@ __all__ = [
     "cmmd",
     "dice",
     "distribution_metrics",
+    "diversity",
     "feret_diameter",
     "fid",
     "kid",
     "laplacian_energy",
     "lesions",
+    "ms_ssim",
+    "msssim_settings",
     "nearest_index",
     "precision_recall",
     "psnr",
     "regional_metrics",
     "score_samples",
+    "screen_samples",
     "ssim",
     "summarize",
 ]

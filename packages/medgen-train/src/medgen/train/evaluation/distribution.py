@@ -173,15 +173,21 @@ def kid(
     seed: int = 0,
 ) -> dict:
     """KID: mean and std of the unbiased polynomial MMD^2 over random subsets; the subset
-    size is capped at the smaller set (recorded)."""
+    size is capped at the smaller set (recorded). The kernels are computed per subset
+    (3 x size^2 values at a time, as torchmetrics does), never the full N x N matrices:
+    at N = 10,000 those are 2.4 GB and made this 0.74x torchmetrics' speed."""
     gen, ref = as_features(gen, "generated"), as_features(ref, "reference")
     check_pair(gen, ref)
     size = min(subset_size, len(gen), len(ref))
     if size < 2:
         raise SampleSizeError("KID needs at least 2 samples per set")
-    k = kernels(gen, ref, lambda a, b: poly_kernel(a, b, degree, gamma, coef))
     subs = kid_subsets(len(gen), len(ref), subsets, size, seed)
-    mean, std = kid_from(k, np.arange(len(gen)), np.arange(len(ref)), subs)
+    values = []
+    for gs, rs in subs:
+        k = kernels(gen[gs], ref[rs], lambda a, b: poly_kernel(a, b, degree, gamma, coef))
+        values.append(mmd2_unbiased(*k))
+    values = np.asarray(values)
+    mean, std = float(values.mean()), float(values.std())
     return {"mean": mean, "std": std, "subsets": subsets, "subset_size": size, "seed": seed}
 
 
@@ -296,8 +302,13 @@ def distribution_metrics(
 
         out["fid"] = bootstrap_ci(fid_stat, ng, nr, seed=seed, **boot)
     if "kid" in metrics:
-        kp = kernels(g, r, poly_kernel)
-        k = kid(g, r, subsets=kid_subsets_n, subset_size=kid_subset_size, seed=seed)
+        kp = kernels(g, r, poly_kernel)  # the bootstrap needs them whole: the subsets reuse them
+        size = min(kid_subset_size, len(g), len(r))
+        if size < 2:
+            raise SampleSizeError("KID needs at least 2 samples per set")
+        subs = kid_subsets(len(g), len(r), kid_subsets_n, size, seed)
+        mean, std = kid_from(kp, np.arange(len(g)), np.arange(len(r)), subs)
+        k = {"mean": mean, "std": std, "subsets": kid_subsets_n, "subset_size": size}
 
         def kid_stat(gi, ri):
             cg, cr = counts(gi, ng, s), counts(ri, nr, sr)

@@ -13,6 +13,15 @@ An extractor is named by a spec string:
   mapped from [-1, 1] to [0, 1], then the ImageNet mean / std; grayscale replicated to 3
   channels (multi-channel: channel mean first); bilinear resize to 224 x 224. 3D samples use
   the 2.5D protocol: slices on the XY, YZ and ZX planes, each plane its own feature set.
+- ``autoencoder:RUN_DIR[:CHECKPOINT]``: the encoder of a MedGen autoencoder run (``task.kind:
+  autoencoder``; CHECKPOINT ``best`` by default, or ``latest`` / ``step_N``), loaded by
+  :func:`medgen.train.tasks.autoencoder.load.load_autoencoder` (verified against the run's
+  hashes, EMA weights when kept). Features: its deterministic latent (``encode``: a KL-VAE's
+  posterior mean), per latent channel the spatial mean and the spatial (population) std,
+  concatenated: ``2 x latent_channels`` features, so a 4-channel latent gives 8. Input: the
+  samples as they are (the data range the autoencoder was trained on), no resizing; 2D slices
+  or 3D volumes as the autoencoder was trained, with its number of channels. A domain
+  extractor that needs no download: train it on your own data.
 - ``random:SEED``: a fixed random-weight convolutional extractor (8 features, seeded
   initialisation, all image channels in; 2D, or 3D for volumes). For tests and demos only:
   its numbers are **not comparable with any paper's**.
@@ -25,6 +34,7 @@ that the evaluation records beside every number. ``extract(images)`` returns a d
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +125,70 @@ class RandomConv(torch.nn.Module):
         return torch.tanh(x).flatten(2).mean(-1)
 
 
+CHECKPOINT_NAME = re.compile(r"latest|best|(step_)?\d+")
+
+
+class PooledLatent(torch.nn.Module):
+    """An autoencoder's deterministic latent, per channel its spatial mean and std."""
+
+    def __init__(self, autoencoder: torch.nn.Module, spec: str):
+        super().__init__()
+        self.autoencoder, self.spec = autoencoder, spec
+
+    def check(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` when the autoencoder can encode it, else one FeatureError naming both."""
+        ae = self.autoencoder
+        want = f"(N, {ae.in_channels}, {'D, ' if ae.spatial_dims == 3 else ''}H, W)"
+        if x.ndim - 2 != ae.spatial_dims or x.shape[1] != ae.in_channels:
+            raise FeatureError(
+                f"{self.spec}: the autoencoder encodes {ae.spatial_dims}D inputs {want}; these "
+                f"samples are {list(x.shape)}"
+            )
+        try:
+            check_shape = getattr(ae, "check_shape", None)  # the Autoencoder protocol's
+            if check_shape is not None:
+                check_shape(tuple(x.shape))
+        except ValueError as e:
+            raise FeatureError(f"{self.spec}: {e}") from None
+        return x
+
+    def forward(self, x):
+        """(N, 2 x latent_channels): the channel means, then the channel stds."""
+        z = self.autoencoder.encode(x).flatten(2)
+        return torch.cat([z.mean(-1), z.std(-1, unbiased=False)], dim=1)
+
+
+def _autoencoder(spec: str, arg: str, protocol: dict) -> PooledLatent:
+    """The pooled-latent extractor of ``autoencoder:RUN_DIR[:CHECKPOINT]``; fills ``protocol``."""
+    from medgen.data import DataError
+    from medgen.train.errors import MedGenError
+    from medgen.train.tasks.autoencoder import load as ae_load
+
+    run_dir, sep, checkpoint = arg.rpartition(":")
+    if not sep or not CHECKPOINT_NAME.fullmatch(checkpoint):
+        run_dir, checkpoint = arg, "best"
+    if not Path(run_dir).expanduser().is_dir():
+        raise FeatureError(
+            f"--features {spec!r}: {run_dir}: no such run directory (expected the fit run of "
+            "a task.kind: autoencoder run)"
+        )
+    try:
+        net, info = ae_load.load_autoencoder(Path(run_dir).expanduser(), checkpoint, "cpu")
+    except (MedGenError, DataError) as e:
+        raise FeatureError(f"--features {spec!r}: {' '.join(str(e).split())}") from None
+    info = info.to_dict() if hasattr(info, "to_dict") else dict(info)
+    protocol.update(
+        architecture=f"{info.get('kind', 'autoencoder')} encoder, {net.spatial_dims}D, "
+        f"{net.in_channels} -> {net.latent_channels} channels, downsample {net.downsample}",
+        dim=2 * int(net.latent_channels),
+        weights=str(info["checkpoint"]), weights_sha256=info["sha256"],
+        run_dir=str(info["run_dir"]), checkpoint=checkpoint, step=info.get("step"),
+        input="samples as they are (the autoencoder's data range), no resizing; features: the "
+        "deterministic latent's per-channel spatial mean, then its per-channel spatial std",
+    )  # fmt: skip
+    return PooledLatent(net, f"--features {spec!r}").eval()
+
+
 class Extractor:
     """A feature extractor and its recorded protocol."""
 
@@ -123,7 +197,8 @@ class Extractor:
         kind, sep, arg = spec.partition(":")
         if not sep or not arg:
             raise FeatureError(
-                f"--features {spec!r}: expected medicalnet:PATH, resnet2d:PATH or random:SEED"
+                f"--features {spec!r}: expected medicalnet:PATH, resnet2d:PATH, "
+                "autoencoder:RUN_DIR[:CHECKPOINT] or random:SEED"
             )
         self.kind, self.max_slices, self.batch_size = kind, max_slices, batch_size
         self.protocol: dict = {"extractor": kind, "spec": spec}
@@ -172,6 +247,8 @@ class Extractor:
                                      "2.5D slices on XY, YZ, ZX")  # fmt: skip
             self.model = model.eval()
             self.protocol.update(weights=str(path), weights_sha256=sha256(path))
+        elif kind == "autoencoder":
+            self.model = _autoencoder(spec, arg, self.protocol)
         else:
             raise FeatureError(f"--features {spec!r}: unknown extractor {kind!r}")
 
@@ -211,6 +288,11 @@ class Extractor:
             raise FeatureError(f"expected (N, C, H, W) or (N, C, D, H, W), got {list(x.shape)}")
         n, c = x.shape[:2]
         dims = x.ndim - 2
+        if self.kind == "autoencoder":
+            try:
+                return {f"{dims}d": self._batched(self.model, self.model.check(x))[:, None]}
+            except ValueError as e:  # a size the encoder cannot take
+                raise FeatureError(f"{self.model.spec}: {e}") from None
         if self.kind == "random":
             model = RandomConv(c, dims, self.seed).eval()
             return {f"{dims}d": self._batched(model, x)[:, None]}

@@ -1,6 +1,7 @@
 """Figures for runs, samples and evaluations (PNG, matplotlib's Agg backend: no display).
 
-Volumes are shown by their middle axial slice. Images are in [-1, 1]; masks overlay in red.
+Volumes are shown by their middle axial slice. Images are in [-1, 1]; masks overlay in red;
+per-pixel absolute errors in [0, 2] as a heat map (``magma``) on one scale per figure.
 """
 
 from __future__ import annotations
@@ -121,5 +122,96 @@ def x0_psnr_plot(path: str | Path, eval_rows: list[dict], t_max: float) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def abs_error(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The per-pixel absolute error ``|a - b|`` of two images' 2D views (middle slices)."""
+    a, b = middle_slice(a), middle_slice(b)
+    if a.shape != b.shape:
+        raise ValueError(f"error map of images of shapes {a.shape} and {b.shape}")
+    return np.abs(a.astype(np.float64) - b.astype(np.float64))
+
+
+def error_maps(
+    path: str | Path, rows: list[dict], titles: tuple[str, str] = ("generated", "nearest real")
+) -> list[np.ndarray]:
+    """One row per pair: image ``a``, image ``b`` (``titles``) and the heat map of
+    ``|a - b|`` per pixel, all rows on one colour scale (the colour bar); ``label`` names the
+    row. Returns the error maps drawn."""
+    errors = [abs_error(r["a"], r["b"]) for r in rows]
+    vmax = max(max(float(e.max()) for e in errors), 1e-6)
+    fig, axes = plt.subplots(len(rows), 3, figsize=(5.0, 1.45 * len(rows) + 0.3),
+                             squeeze=False, layout="constrained")  # fmt: skip
+    heat = None
+    for i, (r, err) in enumerate(zip(rows, errors, strict=True)):
+        top = i == 0
+        _show(axes[i, 0], r["a"], title=titles[0] if top else "")
+        _show(axes[i, 1], r["b"], title=titles[1] if top else "")
+        heat = axes[i, 2].imshow(err, cmap="magma", vmin=0, vmax=vmax, interpolation="nearest")
+        axes[i, 2].set_xticks([])
+        axes[i, 2].set_yticks([])
+        if top:
+            axes[i, 2].set_title("|error| per pixel", fontsize=7)
+        axes[i, 0].set_ylabel(r["label"], fontsize=6)
+    bar = fig.colorbar(heat, ax=axes[:, 2].tolist(), shrink=min(1.0, 3 / len(rows)))
+    bar.ax.tick_params(labelsize=6)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return errors
+
+
+def reconstruction_figure(
+    path: str | Path, inputs: np.ndarray, reconstructions: np.ndarray, labels: list[str]
+) -> list[np.ndarray]:
+    """Inputs (N, *spatial), their reconstructions (an autoencoder's decode(encode(x)), an
+    x0 prediction) and the per-pixel error heat maps, one row per item."""
+    rows = [{"a": x, "b": y, "label": lab}
+            for x, y, lab in zip(inputs, reconstructions, labels, strict=True)]  # fmt: skip
+    return error_maps(path, rows, titles=("input", "reconstruction"))
+
+
+def worst_samples(scores: list, k: int) -> list:
+    """The ``k`` samples with the lowest nearest-real SSIM, lowest first (ties: lower index)."""
+    return sorted(scores, key=lambda s: (s.ssim, s.index))[:k]
+
+
+def evaluation_figures(
+    directory: Path, scores: list, images: np.ndarray, ref_images: np.ndarray, k: int = 8
+) -> dict[str, Path]:
+    """``errors.png`` (an even spread of the samples) and ``worst.png`` (the ``k`` lowest
+    nearest-real SSIM): each sample's channel 0, its nearest real item's, and their error map,
+    labelled with index, z-bin, class and SSIM. Returns {name: path}."""
+
+    def rows(chosen):
+        return [
+            {
+                "a": images[s.index, 0],
+                "b": ref_images[s.nearest, 0],
+                "label": f"#{s.index} bin {s.z_bin} class {s.class_id}\nSSIM {s.ssim:.2f}",
+            }
+            for s in chosen
+        ]
+
+    out = {"errors": Path(directory) / "errors.png", "worst": Path(directory) / "worst.png"}
+    error_maps(out["errors"], rows(scores[:: max(1, len(scores) // k)][:k]))
+    error_maps(out["worst"], rows(worst_samples(scores, k)))
+    return out
+
+
+def trajectory_figure(
+    path: str | Path, frames: np.ndarray, steps: np.ndarray, times: np.ndarray, labels: list[str]
+) -> None:
+    """Denoising trajectories: one row per sample, its x0 prediction (channel 0) after each
+    captured sampler step (``frames`` (K, F, *spatial), ``steps`` / ``times`` (F,))."""
+    k, f = frames.shape[:2]
+    fig, axes = plt.subplots(k, f, figsize=(1.2 * f, 1.25 * k + 0.2), squeeze=False)
+    for i in range(k):
+        for j in range(f):
+            title = f"step {int(steps[j]) + 1}\nt={float(times[j]):.3g}" if i == 0 else ""
+            _show(axes[i, j], frames[i, j], title=title)
+        axes[i, 0].set_ylabel(labels[i], fontsize=6)
+    fig.tight_layout(pad=0.3)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -100,6 +100,19 @@ def regional_lines(regional: dict) -> list[str]:
     return [*lines, ""]
 
 
+def diversity_lines(div: dict) -> list[str]:
+    """Diversity (mean pairwise MS-SSIM of the samples) overall and per group, as Markdown."""
+    p, m = div["protocol"], div["protocol"]["ms_ssim"]
+    lines = [f"## Diversity: mean MS-SSIM over pairs of samples (lower: more diverse; "
+             f"{m['scales']} scales, Gaussian window {m['kernel_size']}, sigma {m['sigma']}; "
+             f"up to {p['max_pairs']} pairs per group, seed {p['seed']})", "",
+             "| group | samples | pairs | MS-SSIM |", "|---|---|---|---|"]  # fmt: skip
+    groups = {"all": div["overall"], **div.get("per_group", {})}
+    for name, g in groups.items():
+        lines.append(f"| {name} | {g['n_samples']} | {g['n_pairs']} | {_cell(g)} |")
+    return [*lines, ""]
+
+
 def evaluation_markdown(result: dict) -> str:
     """The whole ``evaluation.md``."""
     o = result["overall"]
@@ -119,6 +132,17 @@ def evaluation_markdown(result: dict) -> str:
         "![nearest](nearest.png)",
         "",
     ]
+    warning = (result.get("non_finite") or {}).get("warning")
+    if warning:
+        lines[2:2] = [f"**Warning:** {warning}.", ""]
+    if "diversity" in result:
+        lines += diversity_lines(result["diversity"])
+    if "lpips" in result:
+        lp = result["lpips"]
+        lines += [f"LPIPS against the nearest real item: {_cell(lp)} over {lp['n']} samples "
+                  f"(weights `{lp['protocol']['weights']}`, sha256 "
+                  f"`{lp['protocol']['weights_sha256'][:12]}`, heads "
+                  f"`{lp['protocol']['heads']}`).", ""]  # fmt: skip
     for block in result.get("distribution", []):
         lines += distribution_lines(block)
     if "regional" in result:
