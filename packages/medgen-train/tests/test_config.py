@@ -20,7 +20,9 @@ from medgen.train.errors import ConfigError
 from medgen.train.tasks.diffusion.config import DDPMConfig, FlowConfig
 
 
-@pytest.mark.parametrize("name", ["quickstart", "jsddpm", "volumes", "lesions_demo"])
+@pytest.mark.parametrize(
+    "name", ["quickstart", "jsddpm", "volumes", "lesions_demo", "sbldm", "sbldm_vae"]
+)
 def test_bundled_configs_load_and_round_trip(tmp_path, name):
     overrides = [] if name == "quickstart" else ["data.cache=somewhere"]
     cfg = load_fit_config(name, overrides)

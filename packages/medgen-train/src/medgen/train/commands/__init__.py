@@ -8,6 +8,8 @@ from medgen.train.commands import (
     config,
     convert,
     demo_data,
+    downstream,
+    encode,
     evaluate,
     fit,
     inspect,
@@ -15,10 +17,12 @@ from medgen.train.commands import (
     quickstart,
     report,
     sample,
+    sweep,
 )
 
 COMMANDS = (
-    inspect, convert, demo_data, plan, cache, config, fit, sample, evaluate, report, quickstart,
+    inspect, convert, demo_data, plan, cache, encode, config, fit, sample, evaluate, downstream,
+    sweep, report, quickstart,
 )  # fmt: skip
 
 __all__ = ["COMMANDS"]
