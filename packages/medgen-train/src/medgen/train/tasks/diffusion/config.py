@@ -195,6 +195,10 @@ class DiffusionConfig:
     freq_loss_weight: float = setting(0.0, min=0)  # SBLDM: + lambda * MSE(FFT(out), FFT(target))
     freq_weighting: str = setting("none", choices=FREQUENCY_WEIGHTINGS)  # radial: |k| weights
     cutmix_prob: float = setting(0.0, min=0, max=1)  # SBLDM latent CutMix per sample
+    # DC-AE 1.5's augmented diffusion training over a structured latent: (min_channels,
+    # channel_step); each sample keeps its first c latent channels, c drawn from
+    # {min, min + step, ..., all}, the rest zeroed in x0 and noise and left out of the loss
+    augmented_channels: tuple[int, ...] = setting((), min=1)
 
     def validate(self) -> None:
         """Channel names unique, not both generated and given."""
@@ -217,6 +221,16 @@ class DiffusionConfig:
             raise ConfigError(
                 f"eval_buckets: {self.eval_buckets} buckets over {steps} timesteps; expected at "
                 "most one bucket per timestep"
+            )
+        if self.augmented_channels and len(self.augmented_channels) != 2:
+            raise ConfigError(
+                "augmented_channels: expected [min_channels, channel_step] (DC-AE 1.5), got "
+                f"{list(self.augmented_channels)}"
+            )
+        if self.augmented_channels and self.space.kind != "latent":
+            raise ConfigError(
+                "augmented_channels: masks the channels of a structured latent (DC-AE 1.5); "
+                f"the {self.space.kind!r} space has none (set task.space.kind=latent)"
             )
         lo, hi = self.uncertainty_clamp
         if not lo < hi:

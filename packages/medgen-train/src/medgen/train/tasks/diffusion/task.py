@@ -23,6 +23,11 @@ from torch.utils.data import default_collate
 
 from medgen.models import Conditioning, diffusion_loss, masked_mean_per_sample, min_snr_weight
 from medgen.models.augmentation import latent_cutmix
+from medgen.models.autoencoders.dcae_structured import (
+    check_structured,
+    sample_channel_counts,
+    structured_channel_mask,
+)
 from medgen.models.losses import frequency_loss
 from medgen.models.uncertainty import UncertaintyWeighting
 from medgen.train.engine.evaluators import Evaluation
@@ -242,6 +247,8 @@ class DiffusionTask:
         weights = m.voxel_weights(batch, valid, x0)
         if m.cfg.cutmix_prob:
             x0, weights, _ = latent_cutmix(x0, weights, m.cfg.cutmix_prob, self.generator)
+        if m.cfg.augmented_channels:
+            x0, noise, weights = self._augment_channels(x0, noise, weights)
         weighting = nets[LOSS_WEIGHTS] if m.loss_weighting is not None else None
         losses, per_sample = m.losses(
             net, batch, t, noise, x0, weights, cond, extra=True, weighting=weighting
@@ -254,6 +261,15 @@ class DiffusionTask:
             sel = bucket == k
             logs[f"loss_bucket{k}"] = (float(per_sample[sel].sum()), float(sel.sum()))
         return losses["loss"], logs
+
+    def _augment_channels(self, x0, noise, weights):
+        """DC-AE 1.5 augmented diffusion training: per sample, channels beyond a drawn count
+        zeroed in x0 and noise and weighted 0 in the loss (per-channel voxel weights)."""
+        lo, step = self.model.cfg.augmented_channels
+        counts = sample_channel_counts(x0.shape[0], x0.shape[1], lo, step, self.generator)
+        keep = structured_channel_mask(torch.ones_like(x0), counts.to(x0.device))
+        w = keep if weights is None else keep * weights.to(keep.dtype)
+        return structured_channel_mask(x0, counts), structured_channel_mask(noise, counts), w
 
     def state_dict(self) -> dict:
         """The noise generator."""
@@ -370,13 +386,20 @@ class DiffusionEvaluator:
 
 
 def _loss_weighting(cfg, description, layout, space) -> UncertaintyWeighting | None:
-    """The learned loss weighting of ``task.uncertainty_weighting`` (None when off); checks
-    ``task.lesion_weight`` has masks to weigh by."""
+    """The learned loss weighting of ``task.uncertainty_weighting`` (None when off); also
+    checks ``task.lesion_weight`` has masks to weigh by and ``task.augmented_channels`` fits
+    the space's latent channels."""
     if cfg.lesion_weight and not description.has_mask:
         raise ConfigError(
             f"task.lesion_weight: {cfg.lesion_weight} weighs lesion voxels, but the cache has no "
             "masks (set task.lesion_weight=0)"
         )
+    if cfg.augmented_channels:
+        try:
+            check_structured(space.latent_shape((1, len(layout.generate), *description.shape))[1],
+                             *cfg.augmented_channels)  # fmt: skip
+        except ValueError as exc:
+            raise ConfigError(f"task.augmented_channels: {exc}") from None
     if not cfg.uncertainty_weighting:
         return None
     groups = layout.latent_groups(space)
