@@ -459,6 +459,10 @@ def fit(
             module.eval()
         if s.deterministic:
             torch.use_deterministic_algorithms(False)
+    # every rank done with every collective before any leaves the process group: a rank that
+    # destroyed its gloo group while the other still finished its last all-reduce aborted
+    # ("terminate called without an active exception", seen once under load in CI)
+    distributed.barrier(run.ctx)
     return FitResult(
         setup=setup,
         ema=run.ema,
