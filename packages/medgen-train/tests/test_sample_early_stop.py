@@ -24,10 +24,11 @@ def run(tmp_path_factory):
         yield root
 
 
-def sample(root, name, *flags):
+def sample(root, name, *flags, trajectory=0):
     out = root / name
     assert main(["sample", str(root / "run"), "--steps", "20", "--n", "4", "--batch-size", "2",
-                 "--no-nifti", "--trajectory", "0", "--out", str(out), "--quiet", *flags]) == 0  # fmt: skip
+                 "--no-nifti", "--trajectory", str(trajectory), "--out", str(out), "--quiet",
+                 *flags]) == 0  # fmt: skip
     return json.loads((out / "manifest.json").read_text()), np.load(out / "samples.npz")["images"]
 
 
@@ -59,3 +60,13 @@ def test_bad_early_stop_is_one_line(run, capsys):
     assert main(["sample", str(run / "run"), "--early-stop", "0", "--out", str(run / "x")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "sample.early_stop" in err[0] and not (run / "x").exists()
+
+
+def test_trajectories_of_early_stopped_batches_end_where_they_stopped(run, monkeypatch):
+    """Frames after the stop were never computed: the trajectory keeps the ones reached (a
+    missing frame crashed the write of every early-stopped sample with a trajectory)."""
+    monkeypatch.setattr(samplers, "EarlyStop", StopAtStep)
+    sample(run, "early_traj", "--early-stop", "0.25", trajectory=2)
+    with np.load(run / "early_traj" / "trajectory.npz") as t:
+        assert t["steps"].tolist() == [0, 4] and t["x0"].shape[:2] == (2, 2)
+        assert t["index"].tolist() == [0, 1] and np.isfinite(t["x0"]).all()

@@ -40,11 +40,12 @@ class TrajectoryRecorder:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """``x0`` (K, F, C, *spatial), ``steps`` and ``t`` (F,), ``index`` (K,) of the
-        samples recorded; empty when none was."""
+        samples recorded; empty when none was. Only the frames every recorded sample reached
+        are kept: a batch ended by ``sample.early_stop`` has none after its last step."""
         index = sorted({i for i, _ in self.frames})
-        if not index:
+        kept = [f for f in range(len(self.steps)) if all((i, f) in self.frames for i in index)]
+        if not index or not kept:
             return {}
-        x0 = np.stack([np.stack([self.frames[(i, f)] for f in range(len(self.steps))])
-                       for i in index])  # fmt: skip
-        return {"x0": x0.astype(np.float32), "steps": self.steps, "t": self.times,
+        x0 = np.stack([np.stack([self.frames[(i, f)] for f in kept]) for i in index])
+        return {"x0": x0.astype(np.float32), "steps": self.steps[kept], "t": self.times[kept],
                 "index": np.asarray(index, dtype=np.int64)}  # fmt: skip
