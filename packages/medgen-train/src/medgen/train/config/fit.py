@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import torch
 
 from medgen.models.strategies.timesteps import SPACINGS
+from medgen.train.config.bundled import find_bundled
 from medgen.train.config.schema import (
     Kinded,
     apply_overrides,
@@ -107,14 +108,7 @@ class FitConfig:
 
 def resolve(config: str | Path) -> Path:
     """A config path, or the bundled config of that name."""
-    path = Path(config)
-    if path.is_file():
-        return path
-    bundled = BUNDLED / f"{config}.yaml"
-    if bundled.is_file():
-        return bundled
-    names = ", ".join(bundled_names())
-    raise ConfigError(f"{config}: no such config file, nor a bundled config (bundled: {names})")
+    return find_bundled(config, BUNDLED, "config")
 
 
 def bundled_names() -> list[str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from medgen.train.config.bundled import find_bundled
 from medgen.train.config.fit import RunSection
 from medgen.train.config.schema import apply_overrides, from_mapping, setting, validate
 from medgen.train.config.yaml_io import read_yaml
@@ -83,14 +84,7 @@ class DownstreamConfig:
 
 def resolve(config: str | Path) -> Path:
     """A config path, or the bundled downstream config of that name."""
-    path = Path(config)
-    if path.is_file():
-        return path
-    bundled = BUNDLED / f"{config}.yaml"
-    if bundled.is_file():
-        return bundled
-    names = ", ".join(sorted(p.stem for p in BUNDLED.glob("*.yaml")))
-    raise ConfigError(f"{config}: no such config file, nor a bundled downstream config ({names})")
+    return find_bundled(config, BUNDLED, "downstream config")
 
 
 def load_downstream_config(config: str | Path, overrides: list[str] = ()) -> DownstreamConfig:

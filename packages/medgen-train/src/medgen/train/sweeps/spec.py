@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medgen.train.config.bundled import find_bundled
 from medgen.train.config.yaml_io import read_yaml
 from medgen.train.errors import ConfigError
 
@@ -124,11 +125,7 @@ BUNDLED = Path(__file__).resolve().parents[1] / "configs" / "sweeps"
 
 def resolve(name: str | Path) -> Path:
     """A sweep file at ``name``, or the bundled ``configs/sweeps/<name>.yaml``."""
-    for path in (Path(name), BUNDLED / f"{name}.yaml"):
-        if path.is_file():
-            return path
-    known = ", ".join(sorted(p.stem for p in BUNDLED.glob("*.yaml")))
-    raise ConfigError(f"{name}: no such sweep file, nor a bundled sweep ({known})")
+    return find_bundled(name, BUNDLED, "sweep")
 
 
 def read_sweep(path: str | Path, out: str | None = None, overrides: list[str] = ()) -> Sweep:
