@@ -15,8 +15,9 @@ from medgen.train.engine.distributed import DistContext
 from medgen.train.errors import ConfigError, SamplingError
 from medgen.train.tasks.data import DataDescription
 from medgen.train.tasks.diffusion.channels import ChannelLayout
+from medgen.train.tasks.diffusion.evaluator import DiffusionEvaluator
 from medgen.train.tasks.diffusion.sampling import DiffusionGenerator
-from medgen.train.tasks.diffusion.task import DiffusionEvaluator, DiffusionModel, DiffusionTask
+from medgen.train.tasks.diffusion.task import DiffusionModel, DiffusionTask
 
 
 def description(**kw):

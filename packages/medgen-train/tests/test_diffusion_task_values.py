@@ -13,7 +13,8 @@ from medgen.train.config.fit import FitConfig
 from medgen.train.config.schema import apply_overrides, validate
 from medgen.train.engine.distributed import DistContext
 from medgen.train.tasks.data import DataDescription
-from medgen.train.tasks.diffusion.task import DiffusionEvaluator, DiffusionModel
+from medgen.train.tasks.diffusion.evaluator import DiffusionEvaluator
+from medgen.train.tasks.diffusion.task import DiffusionModel
 
 GAMMA = 5.0  # the quickstart's Min-SNR gamma
 

@@ -191,3 +191,11 @@ class ShardedBatches:
         """Continue at a saved position."""
         self.epoch, self.offset = int(state["epoch"]), int(state["offset"])
         self.seed, self._perm = int(state["seed"]), None
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """The batch's tensors on ``device`` (other values as they are)."""
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+        for k, v in batch.items()
+    }

@@ -21,9 +21,9 @@ from torch.utils.data import default_collate
 
 from medgen.models.autoencoders import dice_score, iou_score
 from medgen.models.autoencoders.vq import codebook_stats
+from medgen.train.engine.batches import to_device
 from medgen.train.engine.evaluators import Evaluation
 from medgen.train.tasks.autoencoder.model import AUTOENCODER, PERCEPTUAL, AutoencoderModel
-from medgen.train.tasks.autoencoder.task import to_device
 
 DATA_RANGE = 2.0  # images in [-1, 1]
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, five scales

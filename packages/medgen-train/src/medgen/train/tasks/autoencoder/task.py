@@ -21,16 +21,9 @@ from medgen.models.autoencoders import (
     discriminator_logits,
     reconstruction_loss,
 )
+from medgen.train.engine.batches import to_device
 from medgen.train.engine.objectives import Objective
 from medgen.train.tasks.autoencoder.model import AUTOENCODER, DISCRIMINATOR, AutoencoderModel
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    """The batch's tensors on ``device``."""
-    return {
-        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-        for k, v in batch.items()
-    }
 
 
 def last_layer(net: nn.Module) -> torch.Tensor:

@@ -8,7 +8,7 @@ import dataclasses
 from medgen.train.engine.objectives import Objective, TrainingSetup
 from medgen.train.tasks.controlnet.model import BRANCH, BaseRun, ControlledModel, ControlNetTask
 from medgen.train.tasks.diffusion import sampling
-from medgen.train.tasks.diffusion.task import DiffusionEvaluator
+from medgen.train.tasks.diffusion.evaluator import DiffusionEvaluator
 
 
 def build_setup(ctx) -> TrainingSetup:

@@ -5,21 +5,18 @@ Training draws timesteps and noise from the task's own generator (saved in check
 resumed run draws the same), noises x0 in the chosen space, and minimises
 :func:`medgen.models.diffusion_loss` on the strategy's target, Min-SNR weighted for DDPM,
 masked to the valid voxels of padded volumes, logged per generated channel and per timestep
-bucket. Its evaluator scores held-out subjects at every evaluation: the validation loss (with
-noise and timesteps fixed per item, so evaluations compare) and the EMA model's x0-prediction
-PSNR per timestep bucket (the JS-DDPM health check: high at small t, falling smoothly).
+bucket. Its evaluator (:mod:`.evaluator`) scores held-out subjects at every evaluation: the
+validation loss (noise and timesteps fixed per item, so evaluations compare) and the EMA
+model's x0-prediction PSNR per timestep bucket.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import default_collate
 
 from medgen.models import Conditioning, diffusion_loss, masked_mean_per_sample, min_snr_weight
 from medgen.models.augmentation import latent_cutmix
@@ -30,11 +27,9 @@ from medgen.models.autoencoders.dcae_structured import (
 )
 from medgen.models.losses import frequency_loss
 from medgen.models.uncertainty import UncertaintyWeighting
-from medgen.train.engine.evaluators import Evaluation
-from medgen.train.engine.objectives import Objective, TrainingSetup
+from medgen.train.engine.batches import to_device
 from medgen.train.errors import ConfigError
-from medgen.train.evaluation.overfit import diffusion_overfit_kid
-from medgen.train.latents.space import build_space, calibrate, data_x0, encode_x0, latent_modules
+from medgen.train.latents.space import build_space, encode_x0, latent_modules
 from medgen.train.tasks.data import DataDescription
 from medgen.train.tasks.diffusion.channels import ChannelLayout
 from medgen.train.tasks.diffusion.config import DiffusionConfig
@@ -42,13 +37,6 @@ from medgen.train.tasks.networks import NetworkSpec
 
 NETWORK = "network"
 LOSS_WEIGHTS = "loss_weights"  # the learned log-variances of task.uncertainty_weighting
-
-
-def _to(batch: dict, device: torch.device) -> dict:
-    return {
-        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-        for k, v in batch.items()
-    }
 
 
 def _pool(valid: torch.Tensor, factor: int) -> torch.Tensor:
@@ -233,7 +221,7 @@ class DiffusionTask:
     def loss(self, nets, batch: dict, step: int) -> tuple[torch.Tensor, dict]:
         """The weighted diffusion loss of one batch, and its logs."""
         m = self.model
-        batch = _to(batch, self.device)
+        batch = to_device(batch, self.device)
         x0, valid = m.encode(batch)
         b = x0.shape[0]
         t = m.strategy.sample_timesteps(b, self.generator).to(self.device)
@@ -280,111 +268,6 @@ class DiffusionTask:
         self.generator.set_state(state["generator"])
 
 
-class DiffusionEvaluator:
-    """Validation loss and x0-prediction PSNR per timestep bucket on held-out items, computed
-    on every rank over its share of the items, from the EMA weights when there are any."""
-
-    def __init__(self, model: DiffusionModel, dataset, batch_size: int, device) -> None:
-        self.model, self.dataset, self.device = model, dataset, device
-        self.batch_size = batch_size
-        n = min(model.cfg.eval_samples, len(dataset))
-        self.items = np.unique(np.linspace(0, len(dataset) - 1, n).round().astype(int)).tolist()
-
-    def metric_names(self) -> tuple[str, ...]:
-        """What :meth:`summarize` reports."""
-        groups = [f"val_loss_{g}" for g in self.model.layout.latent_groups(self.model.space)]
-        buckets = [f"x0_psnr_t{k}" for k in range(self.model.cfg.eval_buckets)]
-        return ("val_loss", *groups, *buckets)
-
-    def _draw(self, item: int, bucket: int | None) -> tuple[torch.Generator, object]:
-        code = 0 if bucket is None else bucket + 1
-        seed = np.random.SeedSequence([self.model.cfg.eval_seed, item, code]).generate_state(1)
-        g = torch.Generator().manual_seed(int(seed[0]))
-        s = self.model.strategy
-        if bucket is None:
-            return g, s.sample_timesteps(1, g)
-        n = self.model.cfg.eval_buckets
-        if s.kind == "ddpm":  # the t with floor(t n / T) == bucket, as bucket() assigns them
-            T = s.num_train_timesteps
-            lo, hi = -(-bucket * T // n), -(-(bucket + 1) * T // n)
-            return g, torch.randint(lo, hi, (1,), generator=g)
-        u = torch.rand((1,), generator=g, dtype=torch.float64)
-        return g, ((bucket + u) / n).clamp(max=1.0).float()
-
-    def _noise(self, chunk: list[int], bucket: int | None, like: torch.Tensor):
-        draws = [self._draw(i, bucket) for i in chunk]
-        t = torch.cat([d[1] for d in draws]).to(self.device)
-        noise = torch.cat([torch.randn((1, *like.shape[1:]), generator=g) for g, _ in draws])
-        return t, noise.to(like)
-
-    def _x0_prediction(self, net, batch, x0, cond, chunk, bucket: int) -> torch.Tensor:
-        """The clipped x0 prediction of the image channels, in data space."""
-        m = self.model
-        t, noise = self._noise(chunk, bucket, x0)
-        x_t = m.strategy.add_noise(x0, noise, t)
-        out = net(x_t, m.strategy.model_time(t).to(self.device), cond)
-        pred = m.space.decode(m.strategy.predict_x0(x_t, out, t))[:, m.layout.image_indices()]
-        if m.cfg.clip_x0 is not None:
-            pred = pred.clamp(-m.cfg.clip_x0, m.cfg.clip_x0)
-        return pred
-
-    def _batch(self, chunk: list[int]):
-        batch = _to(default_collate([self.dataset[i] for i in chunk]), self.device)
-        x0, valid = self.model.encode(batch)
-        return batch, x0, valid, self.model.conditioning(batch)
-
-    @torch.no_grad()
-    def evaluate(self, modules, ema, step: int, ctx) -> Evaluation:
-        """This rank's sums of losses and squared x0 errors; rank 0 adds an image."""
-        m = self.model
-        net = m.evaluated_network(modules, ema)
-        sums: dict[str, tuple[float, float]] = {}
-
-        def add(key: str, total: float, count: float) -> None:
-            s, c = sums.get(key, (0.0, 0.0))
-            sums[key] = (s + total, c + count)
-
-        mine = self.items[ctx.rank :: ctx.world_size]
-        for start in range(0, len(mine), self.batch_size):
-            chunk = mine[start : start + self.batch_size]
-            batch, x0, valid, cond = self._batch(chunk)
-            t, noise = self._noise(chunk, None, x0)  # fixed per item: evaluations compare
-            losses, per_sample = m.losses(net, batch, t, noise, x0, valid, cond)
-            add("val_loss", float(per_sample.sum()), len(chunk))
-            for name in m.layout.latent_groups(m.space):
-                add(f"val_loss_{name}", float(losses[name]) * len(chunk), len(chunk))
-            truth = data_x0(m.space, m.layout, batch)[:, m.layout.image_indices()].float()
-            weight = batch.get("valid")
-            for k in range(m.cfg.eval_buckets):
-                err = (self._x0_prediction(net, batch, x0, cond, chunk, k).float() - truth) ** 2
-                w = weight.expand_as(err).float() if weight is not None else torch.ones_like(err)
-                add(f"x0_mse_t{k}", float((err * w).sum()), float(w.sum()))
-        images = {}
-        if ctx.is_main:
-            images["x0_predictions"] = self._image(net)
-        return Evaluation(sums, images)
-
-    def _image(self, net) -> np.ndarray:
-        """Real image channel 0 of the first held-out items, then the x0 predictions at an
-        early, a middle and the last timestep bucket (one column each)."""
-        m = self.model
-        chunk = self.items[:4]
-        batch, x0, _, cond = self._batch(chunk)
-        n = m.cfg.eval_buckets
-        columns = [data_x0(m.space, m.layout, batch)[:, m.layout.image_indices()[0]]]
-        for k in (1, n // 2, n - 1):
-            columns.append(self._x0_prediction(net, batch, x0, cond, chunk, k)[:, 0])
-        return _grid([c.detach().float().cpu() for c in columns])
-
-    def summarize(self, means: dict[str, float]) -> dict[str, float]:
-        """Mean squared errors (data range [-1, 1]) as PSNR in dB."""
-        out = {k: v for k, v in means.items() if not k.startswith("x0_mse_")}
-        for k in range(self.model.cfg.eval_buckets):
-            mse = means.get(f"x0_mse_t{k}", math.nan)
-            out[f"x0_psnr_t{k}"] = 10 * math.log10(4.0 / max(mse, 1e-12)) if mse == mse else mse
-        return out
-
-
 def _loss_weighting(cfg, description, layout, space) -> UncertaintyWeighting | None:
     """The learned loss weighting of ``task.uncertainty_weighting`` (None when off); also
     checks ``task.lesion_weight`` has masks to weigh by and ``task.augmented_channels`` fits
@@ -409,40 +292,3 @@ def _loss_weighting(cfg, description, layout, space) -> UncertaintyWeighting | N
             f"by the space; the {space.kind!r} space gives {sorted(groups) or 'one mixed group'}"
         )
     return UncertaintyWeighting(tuple(groups), cfg.uncertainty_clamp)
-
-
-def _grid(columns: list[torch.Tensor]) -> np.ndarray:
-    """Columns of (n, *spatial) images in [-1, 1] side by side -> (H, W) in [0, 1]; volumes
-    show their middle axial slice."""
-    cols = []
-    for c in columns:
-        a = c.numpy()
-        if a.ndim == 4:
-            a = a[:, a.shape[1] // 2]
-        cols.append(np.concatenate(list(a), axis=0))
-    return (np.concatenate(cols, axis=1) + 1) / 2
-
-
-def build_setup(ctx) -> TrainingSetup:
-    """The training setup of a ``diffusion`` task for a build context."""
-    cfg = ctx.config.task
-    model = DiffusionModel.build(cfg, ctx.config.model, ctx.description, ctx.device)
-    if cfg.space.kind == "latent":  # the scale factor, recorded in data.json
-        calibrate(model, ctx)
-    seed = ctx.config.training.seed + 1 + 1000 * ctx.dist.rank  # own noise per rank
-    task = DiffusionTask(model, ctx.device, seed)
-    evaluators = []
-    if ctx.eval_dataset is not None:
-        evaluators.append(
-            DiffusionEvaluator(model, ctx.eval_dataset, ctx.config.training.batch_size, ctx.device)
-        )
-    overfit = diffusion_overfit_kid(ctx, model)  # task.overfit_kid_every (0: None)
-    if overfit is not None:
-        evaluators.append(overfit)
-    setup = TrainingSetup(
-        modules=model.modules(),
-        objectives=[Objective("diffusion", tuple(model.checkpointed()), task.loss)],
-        evaluators=evaluators,
-        state=task,
-    )
-    return setup
