@@ -9,6 +9,7 @@ sharded caches with a subject-level split (:mod:`.cache`), DataLoader pieces
 from medgen.data.cache.atomic import config_hash
 from medgen.data.cache.build import BuildReport, build_cache
 from medgen.data.cache.dataset import CacheDataset
+from medgen.data.cache.pair_volumes import PairVolumes
 from medgen.data.cache.recipe import CacheRecipe
 from medgen.data.cache.shards import open_shard, read_manifest, verify_cache
 from medgen.data.cache.sources import Subject, resolve_sources
@@ -34,6 +35,12 @@ from medgen.data.resample import resample
 from medgen.data.slicing.codec import decode_mask, encode_mask
 from medgen.data.slicing.slices import SliceSet, axial_slices
 from medgen.data.slicing.thick import simulate_thick, thick_mask
+from medgen.data.slicing.thin_grid import (
+    INTERPOLATIONS,
+    interpolation_weights,
+    thick_positions,
+    thick_to_thin,
+)
 from medgen.data.slicing.zbin import (
     class_token,
     normalize_z_local,
@@ -49,6 +56,7 @@ from medgen.data.volume import Volume, pseudonym
 __version__ = "0.2.0"
 
 __all__ = [
+    "INTERPOLATIONS",
     "WINDOW_PRESETS",
     "BuildReport",
     "CacheDataset",
@@ -62,6 +70,7 @@ __all__ = [
     "LayoutDataset",
     "LayoutSource",
     "PairDataset",
+    "PairVolumes",
     "ResumableBatchSampler",
     "SeriesInfo",
     "SliceSet",
@@ -76,6 +85,7 @@ __all__ = [
     "decode_mask",
     "detect_layout",
     "encode_mask",
+    "interpolation_weights",
     "list_series",
     "mni152_path",
     "normalize_z_local",
@@ -97,6 +107,8 @@ __all__ = [
     "series_key",
     "simulate_thick",
     "thick_mask",
+    "thick_positions",
+    "thick_to_thin",
     "to_canonical",
     "verify_cache",
     "window",

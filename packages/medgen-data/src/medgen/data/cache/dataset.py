@@ -142,6 +142,13 @@ class CacheDataset(Dataset):
         """The subject pseudonym of every item."""
         return np.tile(self._subjects, self._n_modes)
 
+    def spacings(self) -> np.ndarray:
+        """The voxel spacing (z, y, x) in mm of every item's shard (float64, ``(len(self), 3)``):
+        the spacing recorded when the shard was built (for pairs: the thin grid's)."""
+        per_shard = np.array([e["spacing"] for e in self._entries], dtype=np.float64)
+        per_item = per_shard[self._shard_of].reshape(self._n_stored, 3)
+        return np.tile(per_item, (self._n_modes, 1))
+
     def _arrays(self, shard: int) -> dict[str, np.ndarray]:
         if self._pid != os.getpid():  # a forked worker: open its own maps
             self._open, self._pid = {}, os.getpid()
