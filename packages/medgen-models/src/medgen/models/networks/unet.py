@@ -20,6 +20,7 @@ from medgen.models.conditioning import (
     validate_token_count,
 )
 from medgen.models.conditioning.context import as_conditioning, check_fields
+from medgen.models.networks.residual_dropout import add_residual_dropout
 
 
 class ConditionedUNet(nn.Module):
@@ -36,6 +37,10 @@ class ConditionedUNet(nn.Module):
       ``prior_modes``); the network sees ``in_channels + prior_channels`` and predicts
       ``out_channels``;
     - ``cross_attention_dim``: MONAI's cross-attention context;
+    - ``dropout``: residual dropout, as DDPM / ADM / diffusers' ``ResnetBlock2D`` place it
+      (on the hidden activation before each residual block's second convolution; MONAI's block
+      has none): a forward pre-hook, so the state dict keys are MONAI's with or without it
+      (:mod:`~medgen.models.networks.residual_dropout`);
     - ``gradient_checkpointing``: recompute each down, middle and up block in the backward
       pass (``torch.utils.checkpoint``, non-reentrant) instead of keeping its activations:
       the same gradients (tested) for less memory and about one more forward pass of time.
@@ -67,6 +72,7 @@ class ConditionedUNet(nn.Module):
         num_res_blocks: int | Sequence[int] = 1,
         num_head_channels: int = 32,
         norm_num_groups: int = 16,
+        dropout: float = 0.0,
         gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
@@ -87,6 +93,8 @@ class ConditionedUNet(nn.Module):
             with_conditioning=cross_attention_dim is not None,
             cross_attention_dim=cross_attention_dim,
         )
+        self.dropout = float(dropout)
+        self.dropout_blocks = add_residual_dropout(self.net, self.dropout)
         emb_dim = int(channels[0]) * 4  # MONAI's time_embed_dim
         self.emb_dim = emb_dim
         self.token_embedding = (

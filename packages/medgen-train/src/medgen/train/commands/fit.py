@@ -24,7 +24,7 @@ from medgen.data.cache.atomic import atomic_write_bytes
 from medgen.train import checkpoint
 from medgen.train.commands.verb import add_fresh, add_overrides, add_quiet, add_verb
 from medgen.train.config.fit import FitConfig, load_fit_config
-from medgen.train.config.schema import differences, to_dict, to_yaml
+from medgen.train.config.schema import differences, from_mapping, to_dict, to_yaml
 from medgen.train.config.yaml_io import read_yaml
 from medgen.train.engine import distributed
 from medgen.train.engine.loop import FitResult, check_metrics, fit
@@ -79,6 +79,16 @@ def _refuse(run_dir: Path, changed: list, what: str) -> None:
     )
 
 
+def _with_added_keys(old: dict) -> dict:
+    """A run's written config with the keys added to the schema since then at their defaults
+    (an added key's default keeps the behaviour runs had before it: model.dropout 0, ...);
+    the written config as it is when today's schema cannot read it."""
+    try:
+        return to_dict(from_mapping(FitConfig, old))
+    except (ConfigError, TypeError, ValueError):
+        return old
+
+
 def check_resume(run_dir: Path, cfg: FitConfig, say) -> Path | None:
     """Refuse to resume a run whose newest verified checkpoint was trained with another data,
     model or task config, or with training keys that cannot change; report the training keys
@@ -88,7 +98,7 @@ def check_resume(run_dir: Path, cfg: FitConfig, say) -> Path | None:
         return None
     old = read_yaml(ckpt / "config.yaml")
     new = to_dict(cfg)
-    changed = differences(_learned(old), _learned(new))
+    changed = differences(_learned(_with_added_keys(old)), _learned(new))
     if changed:
         _refuse(run_dir, changed, "config")
     before = {**ADDED_TRAINING_DEFAULTS, **old.get("training", {})}

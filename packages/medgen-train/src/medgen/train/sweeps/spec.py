@@ -11,12 +11,18 @@ runs:                           # named runs: fit overrides, sample overrides, o
 grid:                           # or/and: the product of these axes, named key=value,...
   task.freq_loss_weight: [0.01, 0.1]
 sample: [sample.steps=20]       # sample section overrides for every run
-evaluate: {reference: CACHE:test, features: [random:0], bootstrap: 200}
-columns: [overall.ssim.mean, overall.psnr.mean, fit.val_loss]   # optional; defaults below
+evaluate:                       # reference null: each run's training split
+  reference: CACHE:test
+  features: [autoencoder:@task.space.autoencoder]  # @key: the run's config value
+  bootstrap: 200
+columns: [overall.ssim.mean, FID=distribution.0.planes.2d.fid, fit.val_loss]   # optional
 ```
 
-Runs with the same fit overrides share one fit (a sampling-only ablation trains once). Every
-problem is one ConfigError naming the file and the key, before anything runs.
+Runs with the same fit overrides share one fit (a sampling-only ablation trains once). In
+``evaluate``, ``@section.key`` stands for that key's value in each run's fit config (see
+:mod:`.references`). A column is a dotted result path, optionally ``LABEL=path`` for the
+table's header (see :mod:`.table`). Every problem is one ConfigError naming the file and the
+key, before anything runs.
 """
 
 from __future__ import annotations
@@ -120,6 +126,37 @@ def _plain(value) -> str:
     return "null" if value is None else str(value)
 
 
+def column_path(column: str) -> str:
+    """The result path of a column (``LABEL=path`` or ``path``)."""
+    return column.partition("=")[2] if "=" in column else column
+
+
+def column_label(column: str) -> str:
+    """The table header of a column: its label, else its path."""
+    return column.partition("=")[0] if "=" in column else column
+
+
+def _check_evaluate(evaluate: dict, path: Path) -> None:
+    """Types of the evaluate section (its @references resolve per run, in the sweep's run)."""
+    features = evaluate.get("features") or []
+    if not isinstance(features, list) or not all(isinstance(f, str) and f for f in features):
+        raise ConfigError(
+            f"{path}: evaluate.features: expected a list of extractor specs (e.g. "
+            f"autoencoder:@task.space.autoencoder), got {features!r}"
+        )
+    reference = evaluate.get("reference")
+    if reference is not None and not isinstance(reference, str):
+        raise ConfigError(f"{path}: evaluate.reference: expected CACHE[:split] or null, "
+                          f"got {reference!r}")  # fmt: skip
+    for key, least in (("bootstrap", 2), ("seed", 0)):
+        value = evaluate.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < least):  # fmt: skip
+            raise ConfigError(
+                f"{path}: evaluate.{key}: expected an integer >= {least}, got {value!r}"
+            )
+
+
 BUNDLED = Path(__file__).resolve().parents[1] / "configs" / "sweeps"
 
 
@@ -156,12 +193,17 @@ def read_sweep(path: str | Path, out: str | None = None, overrides: list[str] = 
         raise ConfigError(
             f"{path}: evaluate: unknown {extra}; known: {', '.join(sorted(EVALUATE_KEYS))}"
         )
+    _check_evaluate(evaluate, path)
     columns = raw.get("columns", list(DEFAULT_COLUMNS))
     if not isinstance(columns, list) or not all(isinstance(c, str) and c for c in columns):
         raise ConfigError(f"{path}: columns: expected a list of dotted result paths")
     for c in columns:
-        if c.split(".")[0] not in ("fit", "sample") and not c[0].isalpha():
-            raise ConfigError(f"{path}: columns: {c!r} is not a dotted result path")
+        label, result = column_label(c), column_path(c)
+        if not result or not result[0].isalpha() or "|" in label:
+            raise ConfigError(
+                f"{path}: columns: {c!r} is not a dotted result path (or LABEL=path, the "
+                "label without '|')"
+            )
     return Sweep(
         path=path,
         config=raw["config"],

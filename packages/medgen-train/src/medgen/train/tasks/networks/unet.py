@@ -15,7 +15,9 @@ from medgen.train.tasks.networks.spec import NetworkSpec
 @dataclass(frozen=True)
 class UNetConfig:
     """MONAI ``DiffusionModelUNet`` widths, depth and attention (2D or 3D from the data);
-    ``gradient_checkpointing`` recomputes each down / middle / up block in the backward pass."""
+    ``dropout``: residual dropout before each residual block's second convolution (DDPM / ADM
+    placement; 0 off); ``gradient_checkpointing`` recomputes each down / middle / up block in
+    the backward pass."""
 
     kind: str = "unet"
     channels: tuple[int, ...] = (32, 64, 64)
@@ -23,6 +25,7 @@ class UNetConfig:
     num_res_blocks: int = setting(1, min=1)
     num_head_channels: int = setting(32, min=1)
     norm_num_groups: int = setting(16, min=1)
+    dropout: float = setting(0.0, min=0, lt=1)
     gradient_checkpointing: bool = False
 
     def validate(self) -> None:
@@ -76,6 +79,7 @@ class UNetConfig:
                 num_res_blocks=self.num_res_blocks,
                 num_head_channels=self.num_head_channels,
                 norm_num_groups=self.norm_num_groups,
+                dropout=self.dropout,
                 gradient_checkpointing=self.gradient_checkpointing,
             )
         except ValueError as exc:  # anything MONAI still refuses
