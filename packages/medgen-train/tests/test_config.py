@@ -161,3 +161,19 @@ def test_conditioning_dropout_needs_tokens():
         ConfigError, match="task.cond_dropout: 0.1 drops tokens, but tokens is false"
     ):
         load_fit_config("quickstart", ["task.tokens=false", "task.cond_dropout=0.1"])
+
+
+def test_config_list_names_every_bundled_file(capsys):
+    from pathlib import Path
+
+    from medgen.train.cli import main
+
+    assert main(["config", "--list"]) == 0
+    out = capsys.readouterr().out
+    root = Path(load_fit_config.__code__.co_filename).resolve().parents[1] / "configs"
+    for folder, label in ((root, "run configs"), (root / "recipes", "cache recipes"),
+                          (root / "downstream", "downstream configs"), (root / "sweeps", "sweeps")):  # fmt: skip
+        line = next(row for row in out.splitlines() if row.startswith(label + ":"))
+        assert sorted(line.split(":", 1)[1].replace(",", " ").split()) == sorted(
+            p.stem for p in folder.glob("*.yaml")
+        )

@@ -22,6 +22,12 @@ spacing). Always: diversity (mean MS-SSIM over pairs of samples, overall and per
 samples holding NaN or inf are excluded from every metric, counted per group and listed
 (``non_finite``), with one warning line. ``--lpips VGG16_WEIGHTS[,HEADS]`` adds LPIPS against the
 nearest real item.
+
+Paired samples (``sample --paired``) are also scored each against its OWN item (the reference
+defaults to their split): PSNR over valid voxels (MSE clamped to >= 1e-10) and SSIM, and on a
+pairs cache the same for linear and cubic interpolation of the item's thick stack, over all
+real voxels and over the thin slices between slab centres, with means and paired differences
+(percentile and BCa intervals over subjects) in one table, and ``interpolation.png``.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from medgen.data import CacheDataset, DataError, read_manifest
+from medgen.data import DataError, read_manifest
 from medgen.train.commands.sample import MANIFEST, parse_reference
 from medgen.train.commands.verb import add_fresh, add_quiet, add_verb, printer
 from medgen.train.errors import RunDirError
@@ -50,13 +56,16 @@ from medgen.train.evaluation.finite import (
     screen_samples,
     with_original_indices,
 )
+from medgen.train.evaluation.interpolation_figure import interpolation_figure
 from medgen.train.evaluation.lpips import LPIPS, lpips_nearest
 from medgen.train.evaluation.nearest import bin_mean_reference, score_samples, summarize
+from medgen.train.evaluation.paired_scores import score_paired
 from medgen.train.evaluation.regional import regional_metrics, size_bin_counts
 from medgen.train.progress import bars_disabled
 from medgen.train.reports.evaluation import evaluation_markdown
-from medgen.train.reports.evaluation_blocks import evaluation_document
+from medgen.train.reports.evaluation_blocks import evaluation_document, paired_markdown
 from medgen.train.rundir import RunDir, Staging, check_target
+from medgen.train.tasks.data import DataDescription, open_items
 
 KIND = "evaluation"
 
@@ -75,15 +84,29 @@ def read_samples(samples: Path) -> tuple[dict, dict]:
     return manifest, arrays
 
 
-def load_reference(cache: Path, split: str, n_modes: bool, quiet: bool) -> dict:
-    """Every item of ``split``: images (M, C, *spatial), masks, z-bins, classes."""
+def run_description(samples: Path, manifest: dict) -> DataDescription:
+    """The data description of the run that made ``samples`` (how it saw its items): from the
+    samples manifest, or for older samples the checkpoint's ``data.json``."""
+    stored = manifest["data"].get("description")
+    if stored:
+        return DataDescription(**stored)
+    path = Path(manifest["run"]) / "checkpoints" / str(manifest.get("checkpoint")) / "data.json"
+    if not path.is_file():
+        raise DataError(f"{samples}: its manifest predates data descriptions and {path} is "
+                        "gone; sample again")  # fmt: skip
+    return DataDescription.from_json(path.read_text())
+
+
+def load_reference(cache: Path, split: str, description, n_modes: bool, quiet: bool) -> dict:
+    """Every item of ``split`` as the run saw its data (a pairs cache at the run's depth):
+    images (M, C, *spatial), masks, z-bins, classes, validity; ``items``: the dataset."""
     latent = (read_manifest(cache) if (cache / "manifest.json").is_file() else {}).get("latent")
     if latent:  # samples are in data space: compare them with data, not latents
         raise DataError(
             f"--reference {cache}: a latent cache (medgen-train encode); evaluate against the "
             f"pixel cache it was encoded from, {latent['source']['cache']}"
         )
-    ds = CacheDataset(cache, split, modality_as="mode" if n_modes else "channels")
+    ds = open_items(cache, split, description, modality_as="mode" if n_modes else "channels")
     images, masks, bins, classes, modes, valid = [], [], [], [], [], []
     for i in tqdm(range(len(ds)), desc="reference", disable=bars_disabled(quiet)):
         item = ds[i]
@@ -103,6 +126,7 @@ def load_reference(cache: Path, split: str, n_modes: bool, quiet: bool) -> dict:
         "class_id": np.array(classes),
         "mode": np.array(modes) if modes else None,
         "valid": np.stack(valid) if valid else None,
+        "items": ds,
     }
 
 
@@ -130,10 +154,19 @@ def run_evaluate(
     except NonFiniteSamplesError as e:
         raise DataError(str(e)) from None
     data = manifest["data"]
+    paired = manifest.get("paired")  # sample --paired: each sample belongs to one item
     if reference is None:
         cache, split = Path(data["cache"]), data["train_split"]
+        if paired:
+            cache, split = Path(paired["cache"]), paired["split"]
     else:
         cache, split = parse_reference(reference, "test")
+        own = (Path(paired["cache"]).resolve(), paired["split"]) if paired else None
+        if paired and (cache.resolve(), split) != own:
+            raise DataError(
+                f"--reference: {samples} holds paired samples of {paired['cache']}:"
+                f"{paired['split']}, scored against those items; leave --reference out"
+            )
     out = Path(out) if out is not None else samples / "evaluation"
     if (out / "manifest.json").is_file() and not fresh:  # written last: a complete one
         old = json.loads((out / "evaluation.json").read_text())
@@ -158,7 +191,8 @@ def run_evaluate(
             lpips_metric = LPIPS(lpips, arrays["images"].ndim - 2, seed=seed)
         except (ValueError, OSError) as e:
             raise DataError(f"--lpips: {' '.join(str(e).split())}") from None
-    ref = load_reference(cache, split, "mode" in arrays, quiet)
+    description = run_description(samples, manifest)
+    ref = load_reference(cache, split, description, "mode" in arrays, quiet)
     images = arrays["images"]
     if images.shape[1:] != ref["images"].shape[1:]:
         raise DataError(
@@ -206,13 +240,26 @@ def run_evaluate(
     regional = _regional(arrays, ref, scores, cache)
     if regional:
         result["regional"] = regional
+    figure_rows = []
+    if paired:
+        kept = np.setdiff1d(np.arange(non_finite["n_samples"]), non_finite["indices"])
+        result["paired"], figure_rows = score_paired(
+            images, ref, ref["items"], paired, kept, non_finite["n_samples"],
+            n_boot=bootstrap, seed=seed,
+        )  # fmt: skip
     result["seconds"] = time.perf_counter() - t0
     with RunDir(out, KIND).claim(fresh) as claimed:
         claimed.mark()
         stage = Staging(out)
         try:
             stage.path("evaluation.json").write_text(json.dumps(result, indent=2))
-            stage.path("evaluation.md").write_text(evaluation_markdown(result))
+            markdown = evaluation_markdown(result)
+            if paired:
+                markdown += "\n" + paired_markdown(result["paired"], bool(figure_rows))
+            stage.path("evaluation.md").write_text(markdown)
+            if figure_rows:
+                aspect = description.spacing[0] / description.spacing[-1]
+                interpolation_figure(stage.path("interpolation.png"), figure_rows, aspect)
             rows = []
             for s in scores[:: max(1, len(scores) // 12)][:12]:
                 rows.append(
@@ -244,6 +291,8 @@ def run_evaluate(
         f"evaluate: {o['n']} samples vs {cache}:{split}: SSIM {o['ssim']['mean']:.3f}, PSNR "
         f"{o['psnr']['mean']:.2f} dB{dice}, {o['speckled']} speckled -> {out}"
     )
+    if paired:
+        say(_paired_line(result["paired"]))
     if non_finite["warning"]:
         print(f"evaluate: warning: {non_finite['warning']}", file=sys.stderr)
     for block in result.get("distribution", []):
@@ -252,6 +301,14 @@ def run_evaluate(
             say(f"evaluate: {block['protocol']['spec']} {plane}: FID {f['estimate']:.4g} "
                 f"(95% BCa {lo:.4g}-{hi:.4g}), KID {m['kid']['estimate']:.3g}")  # fmt: skip
     return out
+
+
+def _paired_line(block: dict) -> str:
+    """One line: each method's mean PSNR and SSIM over all real voxels."""
+    rows = block["tables"]["all"]
+    parts = [f"{m} PSNR {rows[m]['psnr']['estimate']:.2f} dB SSIM {rows[m]['ssim']['estimate']:.3f}"
+             for m in block["methods"]]  # fmt: skip
+    return f"evaluate: paired, {block['n_samples']} samples: " + "; ".join(parts)
 
 
 def _distribution(ext, images, ref_images, reference, n_boot, seed, quiet, groups=50) -> dict:

@@ -5,10 +5,13 @@ with its EMA weights unless ``--no-ema``. By default every z-bin x class (x mode
 occurred in the training split gets ``sample.per_token`` samples (a token never trained on is
 never sampled); ``--n``, ``--bins``, ``--classes`` and
 ``--modes`` narrow or change that, and a model conditioned on priors takes them from
-``--priors-from CACHE[:split]``. Every sampler step is checked for finiteness: a NaN or inf
-stops with the step and timestep named, and nothing is written. Output (default
-``RUN_DIR/samples/<checkpoint>-<sampler><steps>-seed<seed>``): ``samples.npz`` (all arrays),
-one NIfTI per sample and channel with the cache's spacing, ``grid.png``, and
+``--priors-from CACHE[:split]`` (an item with the sample's token). ``--paired`` instead makes
+one sample per item of that split, in item order, each conditioned on its own item's priors,
+control maps and token; the manifest's ``paired`` names the items and their subjects, and
+``evaluate`` scores each sample against its own item. Every sampler step is checked for
+finiteness: a NaN or inf stops with the step and timestep named, and nothing is written.
+Output (default ``RUN_DIR/samples/<checkpoint>-<sampler><steps>-seed<seed>``): ``samples.npz``
+(all arrays), one NIfTI per sample and channel with the cache's spacing, ``grid.png``, and
 ``manifest.json`` (settings, checkpoint, file hashes) written last. Sampling again with the
 same settings into a complete directory reuses it; other settings there need ``--fresh``.
 ``--trajectory K`` (default 4, 0: none) also keeps the denoising trajectories of the first K
@@ -27,12 +30,17 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
-from medgen.data import CacheDataset, Volume, canonical_direction, read_nifti, write_nifti
+from medgen.data import Volume, canonical_direction, read_nifti, write_nifti
 from medgen.train import checkpoint
 from medgen.train.checkpoint.store import EMA_FILE, MODEL_FILE, load_weights
+from medgen.train.commands.paired_plan import (
+    item_conditioning,
+    open_reference,
+    paired_plan,
+    parse_reference,  # noqa: F401  (re-exported: evaluate and downstream parse references too)
+)
 from medgen.train.commands.verb import add_fresh, add_quiet, add_verb, printer
 from medgen.train.config.schema import apply_overrides, validate
 from medgen.train.errors import ConfigError, RunDirError
@@ -57,17 +65,9 @@ def _ints(text: str | None) -> list[int] | None:
         raise ConfigError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def parse_reference(text: str, default_split: str) -> tuple[Path, str]:
-    """``CACHE[:split]`` -> (cache directory, split)."""
-    path, sep, split = text.rpartition(":")
-    if not sep or "/" in split or not split:
-        return Path(text), default_split
-    return Path(path), split
-
-
 def _priors(generator, reference: str | None, plan, description) -> None:
     """The prior channels (and a ControlNet's control maps) of each planned sample, from a
-    reference item with the sample's token."""
+    reference item with the sample's token (cycling through the items of that token)."""
     layout = generator.model.layout
     wanted = [*layout.priors, *layout.control]
     if not wanted:
@@ -81,14 +81,10 @@ def _priors(generator, reference: str | None, plan, description) -> None:
             f"--priors-from: the model is conditioned on {wanted}; name a cache "
             "(CACHE[:split]) to take them from"
         )
-    cache, split = parse_reference(reference, "val")
-    if reference.startswith(":"):  # ":split": the run's own training cache
-        cache = Path(pixel_cache(description))
-    ds = CacheDataset(cache, split, modality_as="mode" if description.n_modes else "channels")
+    ds, cache, split = open_reference(reference, description)
     tokens = {}
-    for i in range(len(ds)):
-        item = ds[i]
-        tokens.setdefault(int(item["token"]), []).append(i)
+    for i, token in enumerate(ds.tokens()):
+        tokens.setdefault(int(token), []).append(i)
     priors, control, control_mask = [], [], []
     for k, token in enumerate(plan.token):
         members = tokens.get(int(token))
@@ -97,17 +93,27 @@ def _priors(generator, reference: str | None, plan, description) -> None:
                 f"--priors-from: {cache}:{split} has no item with token {int(token)} "
                 f"(z-bin {int(plan.z_bin[k])}, class {int(plan.class_id[k])})"
             )
-        item = ds[members[k % len(members)]]
-        batch = {key: v[None] for key, v in item.items() if isinstance(v, torch.Tensor)}
-        if layout.priors:
-            priors.append(torch.cat(layout.prior_tensors(batch), dim=1)[0])
-        if layout.control:
-            control.append(layout.control_tensor(batch)[0])
-            if {"mask", "labels"} & set(layout.control):
-                control_mask.append(item["mask"][0].numpy() > 0)
-    plan.priors = priors or None
-    plan.control = control or None
-    plan.control_mask = np.stack(control_mask) if control_mask else None
+        p, c, m = item_conditioning(layout, ds[members[k % len(members)]])
+        priors.append(p)
+        control.append(c)
+        control_mask.append(m)
+    plan.priors = priors if layout.priors else None
+    plan.control = control if layout.control else None
+    plan.control_mask = np.stack(control_mask) if control_mask[0] is not None else None
+
+
+def _check_paired(paired: bool, priors_from: str | None, flags: dict) -> None:
+    """``--paired`` needs ``--priors-from`` and takes no ``--n`` / ``--bins`` / ... ."""
+    if not paired:
+        return
+    if not priors_from:
+        raise ConfigError("--paired: needs --priors-from CACHE[:split], the items to pair with")
+    for flag, value in flags.items():
+        if value is not None:
+            raise ConfigError(
+                f"--paired: one sample per item of the --priors-from split; {flag} cannot be "
+                "combined with it"
+            )
 
 
 def _write_nifti(stage: Staging, name: str, array: np.ndarray, spacing, orientation) -> None:
@@ -189,6 +195,7 @@ def run_sample(
     classes: list[int] | None = None,
     modes: list[int] | None = None,
     priors_from: str | None = None,
+    paired: bool = False,
     overrides: list[str] = (),
     nifti: bool = True,
     trajectory: int = 4,
@@ -198,7 +205,10 @@ def run_sample(
 ) -> Path:
     """Sample ``run_dir``'s checkpoint ``which`` with its ``sample`` section, changed by
     ``overrides`` (``sample.steps=100``, ``run.device=cpu``); returns the samples directory.
-    Everything is checked before anything is written."""
+    ``paired``: one sample per item of ``priors_from``'s split, each conditioned on its own
+    item (:mod:`.paired_plan`). Everything is checked before anything is written."""
+    _check_paired(paired, priors_from, {"--n": n, "--bins": bins, "--classes": classes,
+                                        "--modes": modes})  # fmt: skip
     run = TrainedRun.open(run_dir, which)
     cfg = validate(apply_overrides(run.config, list(overrides)))
     d, s = run.description, cfg.sample
@@ -218,8 +228,12 @@ def run_sample(
     generator = spec.generator(cfg, d, device)
     weights = EMA_FILE if s.ema else MODEL_FILE
     load_weights(run.checkpoint, generator.modules(), weights)
-    plan = generator.plan(n, s.per_token, bins, classes, modes)
-    _priors(generator, priors_from, plan, d)
+    pairing = None
+    if paired:
+        plan, pairing = paired_plan(generator, priors_from, d)
+    else:
+        plan = generator.plan(n, s.per_token, bins, classes, modes)
+        _priors(generator, priors_from, plan, d)
     sampler = generator.sampler_name(s)
     name = f"{run.checkpoint.name}-{sampler}{s.steps}-seed{s.seed}"
     out = Path(out) if out is not None else Path(run_dir) / "samples" / name
@@ -232,6 +246,7 @@ def run_sample(
             np.concatenate([plan.token, plan.mode if plan.mode is not None else []]).tobytes()
         ).hexdigest(),
         "priors_from": priors_from,
+        **({"paired": pairing} if pairing else {}),  # which item each sample belongs to
         "nifti": nifti,
         "trajectory": trajectory,
         **generator.provenance(),
@@ -283,6 +298,7 @@ def run_sample(
                         "n_bins": d.n_bins,
                         "n_classes": d.n_classes,
                         "n_modes": d.n_modes,
+                        "description": json.loads(d.to_json()),  # how evaluate opens items
                     },
                     "seconds": seconds,
                     "seconds_per_sample": seconds / max(1, len(plan)),
@@ -322,6 +338,7 @@ def _command(args: argparse.Namespace) -> int:
         classes=_ints(args.classes),
         modes=_ints(args.modes),
         priors_from=args.priors_from,
+        paired=args.paired,
         overrides=[f"{k}={v}" for k, v in flags.items() if v is not None],
         nifti=not args.no_nifti,
         trajectory=args.trajectory,
@@ -350,6 +367,9 @@ def register(subparsers) -> None:
     p.add_argument("--priors-from", dest="priors_from",
                    help="CACHE[:split] (:split: the run's own cache) to take prior channels "
                         "and ControlNet control maps from")  # fmt: skip
+    p.add_argument("--paired", action="store_true",
+                   help="one sample per item of the --priors-from split, in item order, each "
+                   "conditioned on its own item (evaluate then scores it against that item)")  # fmt: skip
     p.add_argument("--sampler", choices=("auto", "ddim", "ddpm", "euler", "heun"))
     p.add_argument("--steps", type=int)
     p.add_argument("--eta", type=float, help="DDIM eta (0: deterministic)")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from medgen.train.reports.document import render_markdown
+from medgen.train.reports.evaluation_blocks import bin_class_blocks
+
 
 def _cell(stats: dict | None, digits: int = 3) -> str:
     if not stats or stats.get("mean") is None:
@@ -131,6 +134,7 @@ def evaluation_markdown(result: dict) -> str:
         "",
         "![nearest](nearest.png)",
         "",
+        *render_markdown("", bin_class_blocks(result)).split("\n")[2:],  # per z-bin x class
     ]
     warning = (result.get("non_finite") or {}).get("warning")
     if warning:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from medgen.train.reports.document import Document, Figure, Heading, Table, Text
+from medgen.train.reports.document import Document, Figure, Heading, Table, Text, render_markdown
 
 LABELS = {"ssim": "SSIM", "psnr": "PSNR (dB)", "dice": "mask Dice", "speckled": "speckled",
           "fid": "FID", "kid": "KID", "cmmd": "CMMD", "ms_ssim": "MS-SSIM", "lpips": "LPIPS"}  # fmt: skip
@@ -16,7 +16,7 @@ INTERVALS = (("percentile", "percentile"), ("bca", "BCa"), ("ci", "CI"), ("inter
 KNOWN = {"samples", "reference", "n_reference", "checkpoint", "step", "sampler",
          "samples_request_hash", "overall", "per_bin", "per_class", "speckle_rule",
          "per_sample", "bin_mean_reference_ssim", "control", "request", "distribution",
-         "regional", "seconds"}  # fmt: skip
+         "regional", "seconds", "paired"}  # fmt: skip
 MAX_ROWS = 60  # per generic table: long per-sample lists are left to evaluation.json
 
 
@@ -92,6 +92,39 @@ def summary_table(result: dict) -> Table:
     return Table(head, rows)
 
 
+def _mean_std(values: list, digits: int = 3) -> str:
+    """``mean ± std`` of the finite values to ``digits`` decimals (n/a when there are none)."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return "n/a"
+    mean = sum(finite) / len(finite)
+    std = math.sqrt(sum((v - mean) ** 2 for v in finite) / len(finite))
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def bin_class_blocks(result: dict) -> list:
+    """Nearest-real scores per z-bin x class, from the per-sample scores (mean ± std; how many
+    samples had to be matched on the z-bin alone, the reference lacking their class there)."""
+    per_sample = result.get("per_sample") or []
+    groups: dict[tuple[int, int], list[dict]] = {}
+    for s in per_sample:
+        groups.setdefault((int(s["z_bin"]), int(s["class_id"])), []).append(s)
+    if not groups:
+        return []
+    has_dice = any(s.get("dice") is not None for s in per_sample)
+    head = ["z-bin", "class", "n", "SSIM", "PSNR (dB)", *(["mask Dice"] if has_dice else []),
+            "speckled", "not matched on bin+class"]  # fmt: skip
+    rows = []
+    for (b, c), members in sorted(groups.items()):
+        rows.append([str(b), str(c), str(len(members)),
+                     _mean_std([s["ssim"] for s in members]),
+                     _mean_std([s["psnr"] for s in members], 2),
+                     *([_mean_std([s.get("dice") for s in members])] if has_dice else []),
+                     str(sum(bool(s.get("speckled")) for s in members)),
+                     str(sum(s.get("matched_on") != "bin+class" for s in members))])  # fmt: skip
+    return [Heading("Nearest-real scores per z-bin and class", 3), Table(head, rows)]
+
+
 def protocol_table(protocol: dict) -> Table:
     """Every protocol field as a key / value row."""
     return Table(["protocol", "value"], [[k, fmt(v)] for k, v in protocol.items()])
@@ -136,6 +169,50 @@ def regional_blocks(regional: dict) -> list:
         out += [Text(f"{title.capitalize()} (lesions of the latter):"),
                 Table(["bin", "lesions", "detection", "Dice", "IoU", "MSE in lesions"], rows)]  # fmt: skip
     return out
+
+
+def method_table(rows: dict, metrics: dict[str, str]) -> Table:
+    """Rows of methods (and differences between them), columns of metrics: each an estimate
+    with its intervals (``{row: {metric: estimate}}``; None cells: n/a)."""
+    head = ["method", "n subjects / items"]
+    for name in metrics.values():
+        head += [name, f"{name} 95% CI"]
+    out = []
+    for method, cells in rows.items():
+        first = next((c for c in cells.values() if c), None)
+        count = f"{first['n_subjects']} / {first['n_items']}" if first else "n/a"
+        row = [method, count]
+        for key in metrics:
+            m = cells.get(key)
+            row += [value_cell(m), interval_cell(m)] if m else ["n/a", "n/a"]
+        out.append(row)
+    return Table(head, out)
+
+
+REGIONS = {"all": "all real voxels", "between": "thin slices between slab centres only"}
+
+
+def paired_blocks(block: dict, figure: Figure | None = None) -> list:
+    """Paired scores (each sample against its own item) beside the baselines: one table per
+    region (rows: methods and model - baseline differences; columns: PSNR, SSIM with their
+    intervals), the figure, and the protocol."""
+    out = [Heading("Paired scores: each sample against its own item", 3),
+           Text(f"{block['n_samples']} samples of {block['n_subjects']} subjects against "
+                f"`{block['reference']}`; {block['psnr_mse_clamped']} PSNRs had their MSE "
+                "clamped. Every per-sample number is in `evaluation.json`.")]  # fmt: skip
+    for region, rows in block["tables"].items():
+        out += [Text(f"Over {REGIONS.get(region, region)}:"),
+                method_table(rows, {"psnr": "PSNR (dB)", "ssim": "SSIM"})]  # fmt: skip
+    if figure is not None:
+        out.append(figure)
+    return [*out, protocol_table(block["protocol"])]
+
+
+def paired_markdown(block: dict, figure: bool = False) -> str:
+    """:func:`paired_blocks` as a Markdown section (``interpolation.png`` beside it)."""
+    fig = Figure(Path("interpolation.png"), "Thick -> thin: coronal and sagittal cuts",
+                 "interpolation.png") if figure else None  # fmt: skip
+    return render_markdown("", paired_blocks(block, fig)).split("\n", 2)[2]
 
 
 def _flatten(value, prefix: str, rows: list) -> None:
@@ -222,6 +299,7 @@ def evaluation_blocks(result: dict, directory: Path, href: str = "") -> list:
         ),
         summary_table(result),
         nearest_protocol(result),
+        *bin_class_blocks(result),
     ]
     if "control" in result:
         c = result["control"]["dice"]
@@ -232,6 +310,11 @@ def evaluation_blocks(result: dict, directory: Path, href: str = "") -> list:
         blocks += distribution_blocks(block)
     if "regional" in result:
         blocks += regional_blocks(result["regional"])
+    if "paired" in result:
+        png = directory / "interpolation.png"
+        figure = Figure(png, "Thick -> thin: coronal and sagittal cuts, ground truth | linear | "
+                        "cubic | model | |model - truth|", href + png.name)  # fmt: skip
+        blocks += paired_blocks(result["paired"], figure if png.is_file() else None)
     blocks += other_blocks(result)
     figures = [
         Figure(directory / name, caption, href + name)

@@ -19,7 +19,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated
 
-from medgen.data import CacheDataset, CacheRecipe, DataError, ResumableBatchSampler, read_manifest
+from medgen.data import (
+    CacheDataset,
+    CacheRecipe,
+    DataError,
+    PairVolumes,
+    ResumableBatchSampler,
+    read_manifest,
+)
 from medgen.train.config.schema import Preset, setting, to_dict
 from medgen.train.config.yaml_io import read_yaml
 from medgen.train.engine.batches import LoaderBatches
@@ -29,6 +36,7 @@ from medgen.train.latents.dataset import LatentDataset, is_latent_cache
 from medgen.train.latents.space import describe_latent
 
 RECIPES = Path(__file__).resolve().parents[1] / "configs" / "recipes"
+DEPTH_MULTIPLE = 16  # pairs with data.depth null: padded depth divisible by 2^4 (UNet levels)
 
 
 def find_recipe(name: str, key: str = "data.recipe") -> Path:
@@ -69,6 +77,9 @@ class DataSection:
     group_by_mode: bool = False  # modality_as=mode: every batch from one modality
     oversample: int = setting(1, min=1)  # class >= 1 items listed this many times per epoch
     crop: tuple[int, ...] | None = None  # volumes: random (D, H, W) crop at load time
+    # pairs: thin slices per item (a random window of deeper items, -1 padding of shallower
+    # ones, excluded from the loss); null: the deepest item's, rounded up to DEPTH_MULTIPLE
+    depth: int | None = setting(None, min=1)
     num_workers: int = setting(0, min=0)
     prefetch_factor: int = setting(2, min=1)
     persistent_workers: bool = True
@@ -122,7 +133,7 @@ def with_recipe_out(data: DataSection) -> DataSection:
 class DataDescription:
     """What the training data look like, as the task sees them (saved as ``data.json``)."""
 
-    kind: str  # slices | volumes
+    kind: str  # slices | volumes | pairs (thin volumes with their thick stack as a prior)
     spatial_dims: int
     channels: list[str]  # image channel names (modalities, or ["image"] with modality_as=mode)
     modalities: list[str]
@@ -155,14 +166,13 @@ class DataDescription:
 def describe(manifest: dict, data: DataSection, cache: Path) -> DataDescription:
     """The :class:`DataDescription` of a cache manifest under ``data``'s presentation."""
     kind = manifest["kind"]
-    if kind not in ("slices", "volumes"):
-        raise ConfigError(
-            f"data.cache: {cache} is a {kind!r} cache; the diffusion task trains on 'slices' or "
-            "'volumes' caches"
-        )
+    if data.depth is not None and kind != "pairs":
+        raise ConfigError(f"data.depth: applies to 'pairs' caches; {cache} is a {kind!r} cache")
     modalities = list(manifest["modalities"])
-    item = list(manifest["item_shape"])
-    spatial = item[1:]
+    if kind == "pairs":
+        spatial = list(_pairs(cache, data).shape)
+    else:
+        spatial = list(manifest["item_shape"])[1:]
     if data.crop is not None:
         if kind != "volumes":
             raise ConfigError("data.crop: random crops apply to volume caches only")
@@ -195,6 +205,30 @@ def describe(manifest: dict, data: DataSection, cache: Path) -> DataDescription:
     )
 
 
+def _pairs(cache: Path, data: DataSection, split: str | None = None) -> PairVolumes:
+    """A pairs cache as fixed-depth volumes (``split`` None: the first split with items)."""
+    manifest = read_manifest(cache)
+    if split is None:
+        split = next(k for k, v in manifest["splits"].items() if v.get("n_items"))
+    try:
+        return PairVolumes(
+            CacheDataset(cache, split, verify=data.verify, modality_as=data.modality_as),
+            depth=data.depth,
+            multiple=DEPTH_MULTIPLE if data.depth is None else 1,
+        )
+    except DataError as exc:
+        raise ConfigError(f"data.depth: {' '.join(str(exc).split())}") from None
+
+
+def open_items(cache: Path, split: str, description: DataDescription, modality_as="channels"):
+    """The items of ``split`` as a run trained on them saw them (sample's priors, evaluate's
+    references): a pairs cache at the run's depth, any other cache as stored."""
+    ds = CacheDataset(cache, split, modality_as=modality_as)
+    if description.kind == "pairs":
+        return PairVolumes(ds, depth=int(description.shape[0]))
+    return ds
+
+
 def open_split(cache: Path, split: str, data: DataSection, key: str) -> CacheDataset:
     """The dataset of ``split``; a missing or empty split is a ConfigError naming ``key``."""
     manifest = read_manifest(cache)
@@ -210,6 +244,8 @@ def open_split(cache: Path, split: str, data: DataSection, key: str) -> CacheDat
                 "latent cache"
             )
         return LatentDataset(cache, split, verify=data.verify)
+    if manifest["kind"] == "pairs":
+        return _pairs(cache, data, split)
     return CacheDataset(
         cache,
         split,

@@ -7,7 +7,9 @@ channel. :class:`ChannelLayout` turns a batch into the generated tensor x0 (B, C
 [-1, 1] and the prior tensors, and knows which channels of a space's latent hold which data
 channel (for per-channel losses). A ControlNet run adds ``control`` channels: the maps its
 control branch sees (``mask``, ``labels``: the integer label map as bit channels, or image
-channels).
+channels). A pairs cache (thin volumes and their thick stacks) offers ``thick`` as a prior: the
+thick stack interpolated onto the thin grid (``thick_<modality>`` per channel when there are
+several; ``thick`` stands for all of them).
 """
 
 from __future__ import annotations
@@ -20,14 +22,21 @@ from medgen.models.networks.controlnet import label_bits
 from medgen.train.errors import ConfigError
 
 
+def thick_names(channels) -> list[str]:
+    """The prior channels a pairs cache's thick stack offers: ``thick``, or one per modality."""
+    return ["thick"] if len(channels) == 1 else [f"thick_{c}" for c in channels]
+
+
 def _expand(
-    names: tuple[str, ...], channels: list[str], has_mask: bool, key: str, extra=()
+    names: tuple[str, ...], channels: list[str], has_mask: bool, key: str, extra=(), thick=()
 ) -> list[str]:
-    available = list(channels) + (["mask", *extra] if has_mask else [])
+    available = list(channels) + (["mask", *extra] if has_mask else []) + list(thick)
     out: list[str] = []
     for name in names:
         if name == "image" and "image" not in channels:
             out += list(channels)
+        elif name == "thick" and len(thick) > 1:
+            out += list(thick)
         elif name in available:
             out.append(name)
         else:
@@ -51,10 +60,14 @@ class ChannelLayout:
     label_bits: int = 1  # bit channels of "labels"
 
     @classmethod
-    def from_config(cls, generate, priors, channels: list[str], has_mask: bool) -> ChannelLayout:
-        """Expand ``image`` and check every name against the data."""
+    def from_config(
+        cls, generate, priors, channels: list[str], has_mask: bool, pairs: bool = False
+    ) -> ChannelLayout:
+        """Expand ``image`` (and ``thick``) and check every name against the data (``pairs``:
+        a pairs cache, whose thick stack is a possible prior)."""
         gen = _expand(tuple(generate), channels, has_mask, "generate")
-        pri = _expand(tuple(priors), channels, has_mask, "priors")
+        thick = thick_names(channels) if pairs else []
+        pri = _expand(tuple(priors), channels, has_mask, "priors", thick=thick)
         both = sorted(set(gen) & set(pri))
         if both:
             raise ConfigError(f"task.priors: {both} also generated")
@@ -88,6 +101,9 @@ class ChannelLayout:
         for name in names:
             if name == "mask":
                 parts.append((batch["mask"] > 0).float() * 2 - 1)
+            elif name.startswith("thick"):
+                i = thick_names(self.image_channels).index(name)
+                parts.append(batch["thick"][:, i : i + 1].float())
             else:
                 i = self.image_channels.index(name)
                 parts.append(batch["image"][:, i : i + 1].float())

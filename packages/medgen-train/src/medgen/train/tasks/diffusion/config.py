@@ -177,6 +177,12 @@ class DiffusionConfig:
     space: Annotated[Any, Kinded(SPACES, "pixel")] = field(default_factory=PixelSpaceConfig)
     generate: tuple[str, ...] = ("image", "mask")  # channels the model produces
     priors: tuple[str, ...] = ()  # channels given to the model as conditioning
+    # slices: + one prior channel, the training split's foreground fraction of the item's
+    # z-bin in [-1, 1] (JS-DDPM's anatomical conditioning; tasks/diffusion/anatomy.py)
+    anatomical_prior: bool = False
+    # latent space: priors go through the frozen autoencoder like x0 (its scaled latents are
+    # the conditioning) instead of being resized to the latent grid
+    encode_priors: bool = False
     tokens: bool = True  # condition on the z-bin x class token of each item
     cond_dropout: float = setting(0.0, min=0, lt=1)  # null-token rate (classifier-free guidance)
     loss: str = setting("mse", choices=("mse", "l1"))
@@ -221,6 +227,11 @@ class DiffusionConfig:
             raise ConfigError(
                 f"eval_buckets: {self.eval_buckets} buckets over {steps} timesteps; expected at "
                 "most one bucket per timestep"
+            )
+        if self.encode_priors and (self.space.kind != "latent" or not self.priors):
+            raise ConfigError(
+                "encode_priors: encodes prior channels with a latent space's autoencoder; needs "
+                "task.space.kind=latent and task.priors (e.g. [thick])"
             )
         if self.augmented_channels and len(self.augmented_channels) != 2:
             raise ConfigError(

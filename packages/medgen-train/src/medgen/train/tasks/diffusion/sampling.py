@@ -203,9 +203,14 @@ class DiffusionGenerator:
             cond: dict = {}
             if plan.mode is not None:
                 cond["mode"] = torch.from_numpy(plan.mode[idx]).to(self.device)
+            priors = None
             if plan.priors is not None:
                 stacked = torch.stack([plan.priors[i] for i in idx]).to(self.device)
-                cond["priors"] = [stacked[:, j : j + 1] for j in range(stacked.shape[1])]
+                priors = [stacked[:, j : j + 1] for j in range(stacked.shape[1])]
+            z_bin = torch.from_numpy(plan.z_bin[idx]).to(self.device)
+            priors = m.network_priors(priors, z_bin)  # + the anatomical map of each z-bin
+            if priors is not None:
+                cond["priors"] = priors
             if plan.control is not None:
                 cond["control"] = torch.stack([plan.control[i] for i in idx]).to(self.device)
             token = torch.from_numpy(plan.token[idx]).to(self.device)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from medgen.train.engine.objectives import Objective, TrainingSetup
 from medgen.train.evaluation.overfit import diffusion_overfit_kid
 from medgen.train.latents.space import calibrate
+from medgen.train.tasks.diffusion.anatomy import anatomical_maps
 from medgen.train.tasks.diffusion.evaluator import DiffusionEvaluator
 from medgen.train.tasks.diffusion.task import DiffusionModel, DiffusionTask
 
@@ -15,6 +16,9 @@ def build_setup(ctx) -> TrainingSetup:
     model = DiffusionModel.build(cfg, ctx.config.model, ctx.description, ctx.device)
     if cfg.space.kind == "latent":  # the scale factor, recorded in data.json
         calibrate(model, ctx)
+    if model.anatomy is not None:  # from the training split; a resumed run loads its own
+        d = ctx.description
+        model.anatomy.fill(anatomical_maps(d.cache, ctx.config.data.train_split, d.n_bins))
     seed = ctx.config.training.seed + 1 + 1000 * ctx.dist.rank  # own noise per rank
     task = DiffusionTask(model, ctx.device, seed)
     evaluators = []

@@ -31,6 +31,7 @@ from medgen.train.engine.batches import to_device
 from medgen.train.errors import ConfigError
 from medgen.train.latents.space import build_space, encode_x0, latent_modules
 from medgen.train.tasks.data import DataDescription
+from medgen.train.tasks.diffusion import anatomy
 from medgen.train.tasks.diffusion.channels import ChannelLayout
 from medgen.train.tasks.diffusion.config import DiffusionConfig
 from medgen.train.tasks.networks import NetworkSpec
@@ -61,13 +62,15 @@ class DiffusionModel:
     num_tokens: int | None
     latent_shape: tuple[int, ...]  # (C, *spatial) the network sees
     loss_weighting: UncertaintyWeighting | None = None  # task.uncertainty_weighting
+    anatomy: anatomy.AnatomicalPrior | None = None  # task.anatomical_prior (the network's)
 
     @classmethod
     def build(cls, cfg: DiffusionConfig, model_cfg, description: DataDescription, device):
         """Strategy, space and network for ``description``'s data."""
         layout = ChannelLayout.from_config(
-            cfg.generate, cfg.priors, description.channels, description.has_mask
-        )
+            cfg.generate, cfg.priors, description.channels, description.has_mask,
+            pairs=description.kind == "pairs",
+        )  # fmt: skip
         strategy = cfg.strategy.build()
         space = build_space(cfg.space, description, layout, device)
         shape = (1, len(layout.generate), *description.shape)
@@ -76,6 +79,10 @@ class DiffusionModel:
         except ValueError as exc:
             raise ConfigError(f"task.space: {exc} (data shape {description.shape})") from None
         num_tokens = description.n_bins * description.n_classes if cfg.tokens else None
+        priors = _prior_spec(cfg, layout, space, description)
+        if cfg.anatomical_prior:
+            anatomy.check_kind(description)
+            priors = anatomy.prior_spec(priors)
         spec = NetworkSpec(
             spatial_dims=description.spatial_dims,
             in_channels=latent[0],
@@ -84,16 +91,17 @@ class DiffusionModel:
             num_tokens=num_tokens,
             null_token=cfg.cond_dropout > 0,
             num_modes=description.n_modes or None,
-            prior_channels=len(layout.priors),
-            prior_modes=tuple(layout.prior_modes()),
+            **priors,
         )
         network = model_cfg.build(spec).to(device)
+        anatomical = anatomy.attach(network, description) if cfg.anatomical_prior else None
         weighting = _loss_weighting(cfg, description, layout, space)
         if weighting is not None:
             weighting = weighting.to(device)
         return cls(
-            cfg, description, layout, strategy, space, network, num_tokens, latent, weighting
-        )
+            cfg, description, layout, strategy, space, network, num_tokens, latent, weighting,
+            anatomical,
+        )  # fmt: skip
 
     @property
     def null_token(self) -> int | None:
@@ -105,9 +113,29 @@ class DiffusionModel:
         return Conditioning(
             token=(tokens if tokens is not None else batch["token"]) if self.num_tokens else None,
             mode=batch["mode"] if self.description.n_modes else None,
-            priors=self.layout.prior_tensors(batch) if self.layout.priors else None,
+            priors=self.network_priors(
+                self.layout.prior_tensors(batch) if self.layout.priors else None, batch.get("z_bin")
+            ),
             control=self.layout.control_tensor(batch) if self.layout.control else None,
         )
+
+    def prior_inputs(self, priors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """What the network is given for the data-space prior channels ``priors``: themselves
+        (the network resizes them to its grid), or with ``task.encode_priors`` their scaled
+        latents from the frozen autoencoder (one tensor of its latent channels)."""
+        if not self.cfg.encode_priors:
+            return priors
+        with torch.no_grad():
+            return [self.space.encode(torch.cat(priors, dim=1))]
+
+    def network_priors(self, priors, z_bin: torch.Tensor) -> list[torch.Tensor] | None:
+        """The network's prior inputs: the data-space prior channels ``priors`` (or None)
+        through :meth:`prior_inputs`, then with ``task.anatomical_prior`` the anatomical map of
+        each item's z-bin ``z_bin`` (B,); None when there are none."""
+        out = self.prior_inputs(priors) if priors else []
+        if self.anatomy is not None:
+            out = [*out, self.anatomy(z_bin)]
+        return out or None
 
     def checkpointed(self) -> dict[str, nn.Module]:
         """The modules a checkpoint of this run holds (the trained ones)."""
@@ -266,6 +294,21 @@ class DiffusionTask:
     def load_state_dict(self, state: dict) -> None:
         """Restore the noise generator."""
         self.generator.set_state(state["generator"])
+
+
+def _prior_spec(cfg, layout, space, description) -> dict:
+    """The network's prior channels and resize modes: one per prior channel, or with
+    ``task.encode_priors`` the latent channels the autoencoder makes of them."""
+    if not cfg.encode_priors:
+        return {"prior_channels": len(layout.priors), "prior_modes": tuple(layout.prior_modes())}
+    if "mask" in layout.priors or len(layout.priors) != len(layout.generate):
+        raise ConfigError(
+            f"task.encode_priors: the autoencoder encodes {len(layout.generate)} image "
+            f"channel(s) {list(layout.generate)}; the priors {list(layout.priors)} are not "
+            "image channels of that count"
+        )
+    latent = space.latent_shape((1, len(layout.priors), *description.shape))
+    return {"prior_channels": int(latent[1]), "prior_modes": ("linear",)}
 
 
 def _loss_weighting(cfg, description, layout, space) -> UncertaintyWeighting | None:
