@@ -7,6 +7,12 @@ voxels), longer ones give a window of ``depth`` thin slices (drawn from
 ``numpy.random.default_rng(seed)`` for an index ``(i, seed)``, centred for a plain ``i``). The
 prior is computed from the whole thick stack before the window is taken, so a window sees the
 same values as the whole volume.
+
+Items whose shard stores ``thick_z`` (the thick slice centres, mm from thin slice 0: real thick
+series, and simulated stacks of caches built since) are interpolated from those centres
+(:func:`~medgen.data.slicing.thin_grid.centres_to_thin`); older caches without it use the
+recipe's geometry (:func:`~medgen.data.slicing.thin_grid.thick_to_thin`). Cubic needs evenly
+spaced centres: an item with uneven ones is a DataError naming its subject.
 """
 
 from __future__ import annotations
@@ -21,7 +27,13 @@ from torch.utils.data import Dataset
 from medgen.data.cache.dataset import CacheDataset
 from medgen.data.errors import DataError
 from medgen.data.loading.collate import IMAGE_PAD
-from medgen.data.slicing.thin_grid import INTERPOLATIONS, thick_to_thin
+from medgen.data.slicing.thick import slab_centres
+from medgen.data.slicing.thin_grid import (
+    INTERPOLATIONS,
+    centres_to_thin,
+    thick_to_thin,
+    uniform_step,
+)
 
 
 def _positive_int(key: str, value) -> int:
@@ -139,14 +151,42 @@ class PairVolumes(Dataset):
             raise IndexError(f"index {index} out of range for {len(self)} items")
         return i
 
+    def thick_centres(self, index: int) -> np.ndarray:
+        """The thick slice centres of item ``index`` (float64 ``(Dk,)``, mm from thin slice 0):
+        stored ``thick_z``, else the recipe's simulated geometry."""
+        i = self._index(index)
+        stored = self.pairs.stored(i, "thick_z")
+        if stored is not None:
+            return stored.astype(np.float64)
+        n = int(self.pairs[i]["thin"].shape[1])
+        return slab_centres(n, float(self._spacings[i, 0]), self._thickness, self._thick_spacing)
+
+    def prior_of(self, thick, index: int, kind: str | None = None):
+        """``thick`` (C, Dk, H, W) of item ``index`` on its thin grid by ``kind`` (default: the
+        dataset's ``prior``), from its stored centres when it has them (module docstring)."""
+        i = self._index(index)
+        kind = self.prior if kind is None else kind
+        n, s = int(self.pairs[i]["thin"].shape[1]), float(self._spacings[i, 0])
+        centres = self.pairs.stored(i, "thick_z")
+        if centres is None:
+            return thick_to_thin(thick, n, s, self._thickness, self._thick_spacing, kind=kind)
+        if kind == "cubic" and len(centres) > 1 and uniform_step(centres) is None:
+            raise DataError(
+                f"{self.pairs.directory}: subject {self.pairs.subjects()[i]}: prior 'cubic' "
+                "needs evenly spaced thick slices, this item's are not; use prior='linear'"
+            )
+        return centres_to_thin(thick, n, s, centres, kind=kind)
+
     def raw(self, index: int) -> dict:
         """The uncropped, unpadded item: ``thin`` (C, D, H, W) and ``thick`` (C, Dk, H, W)
-        float32 numpy arrays, ``thin_spacing`` (mm) and ``subject`` (pseudonym)."""
+        float32 numpy arrays, ``thick_z`` (:meth:`thick_centres`), ``thin_spacing`` (mm) and
+        ``subject`` (pseudonym)."""
         i = self._index(index)
         item = self.pairs[i]
         return {
             "thin": item["thin"].numpy(),
             "thick": item["thick"].numpy(),
+            "thick_z": self.thick_centres(i),
             "thin_spacing": float(self._spacings[i, 0]),
             "subject": str(self.pairs.subjects()[i]),
         }
@@ -159,14 +199,7 @@ class PairVolumes(Dataset):
         item = self.pairs[i]
         thin = item["thin"]
         n = thin.shape[1]
-        prior = thick_to_thin(
-            item["thick"],
-            n,
-            float(self._spacings[i, 0]),
-            self._thickness,
-            self._thick_spacing,
-            kind=self.prior,
-        )
+        prior = self.prior_of(item["thick"], i)
         if n <= self.depth:
             start = 0
         elif seed is None:

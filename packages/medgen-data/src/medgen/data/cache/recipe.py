@@ -36,8 +36,9 @@ class CacheRecipe:
     """What to cache and how (see the medgen-data README for a table of every key).
 
     ``kind``: ``"slices"`` (2D axial slices with local z-bins), ``"volumes"`` (fixed-size 3D
-    crops) or ``"pairs"`` (thin volume + simulated thick slices). ``sources``: ``"mni152"``, NIfTI
-    files, DICOM directories / ZIPs / ``.dcm`` files, globs, or ``.csv`` subject tables; or one
+    crops) or ``"pairs"`` (thin volume + thick slices: simulated, or a subject table's real
+    ``thick`` series). ``sources``: ``"mni152"``, NIfTI files, DICOM directories / ZIPs /
+    ``.dcm`` files, globs, or ``.csv`` subject tables; or one
     dataset folder in a known layout, ``{layout: nnunet | decathlon | bids | auto, root: PATH}``
     (:class:`~medgen.data.layouts.source.LayoutSource`).
     """

@@ -5,7 +5,9 @@
 * a path or glob: one subject per NIfTI file, DICOM directory, ZIP or ``.dcm`` file; modality
   ``image``, no mask; subject id = the name without its extension.
 * a ``.csv`` table with the columns ``subject``, ``image`` (required), ``mask``, ``class``,
-  ``split``, ``modality`` (optional); paths relative to the table's folder. Rows of one subject
+  ``split``, ``modality``, ``thick`` (optional); paths relative to the table's folder. ``thick``
+  is a real thick series of the subject (``kind: pairs`` only, see
+  :mod:`~medgen.data.cache.thick_series`). Rows of one subject
   with different modalities are co-registered images of it; ``mask``, ``class`` and ``split``
   given on any of its rows must agree.
 
@@ -27,7 +29,7 @@ from medgen.data.templates import mni152_path
 from medgen.data.volume import pseudonym
 
 TEMPLATE = "mni152"
-COLUMNS = ("subject", "image", "mask", "class", "split", "modality")
+COLUMNS = ("subject", "image", "mask", "class", "split", "modality", "thick")
 SPLITS = ("train", "val", "test")
 PLAIN_MODALITY = "image"
 
@@ -41,6 +43,7 @@ class Subject:
     map) or ``"probability"`` (values in [0, 1]). ``volumes`` gives, for a modality stored as
     one volume of a 4D file (Decathlon), its volume index. ``group`` ties records that must
     share a split (the sessions of one BIDS subject); empty: the record is its own group.
+    ``thick``: a real thick series of the subject (the table's ``thick`` column), or None.
     """
 
     id: str
@@ -53,6 +56,7 @@ class Subject:
     entry: int = 0
     volumes: dict[str, int] = field(default_factory=dict)
     group: str = ""
+    thick: Path | None = None
 
     @property
     def pseudonym(self) -> str:
@@ -65,9 +69,9 @@ class Subject:
         return pseudonym(f"subject:{self.group or self.id}")
 
     def files(self) -> list[Path]:
-        """Image files (by modality name) and then the mask, if any."""
+        """Image files (by modality name), then the mask and the thick series, if any."""
         out = [self.images[m] for m in sorted(self.images)]
-        return out + ([self.mask] if self.mask is not None else [])
+        return out + [p for p in (self.mask, self.thick) if p is not None]
 
 
 def content_sha256(path: Path) -> str:
@@ -172,6 +176,9 @@ def read_table(table: str | Path) -> list[Subject]:
             _agree(
                 table, line, subject, "mask", record, _existing(table, line, "mask", cells["mask"])
             )
+        if cells.get("thick"):
+            thick = _existing(table, line, "thick", cells["thick"])
+            _agree(table, line, subject, "thick", record, thick)
         for key in ("class", "split"):
             _agree(
                 table, line, subject, key, record, _row_value(table, line, key, cells.get(key, ""))
@@ -184,6 +191,7 @@ def read_table(table: str | Path) -> list[Subject]:
             class_id=r["class"][0] if "class" in r else None,
             split=r["split"][0] if "split" in r else "",
             where=f"{table}:{r['line']}",
+            thick=r["thick"][0] if "thick" in r else None,
         )
         for subject, r in merged.items()
     ]

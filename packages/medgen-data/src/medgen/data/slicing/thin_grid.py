@@ -15,6 +15,10 @@ applied along the slice axis (:func:`thick_to_thin`):
 * ``"cubic"``: Keys cubic convolution (R. Keys, IEEE TASSP 1981) with parameter ``a``
   (``-0.5``: Catmull-Rom, exact for quadratics; PyTorch's ``bicubic`` uses ``-0.75``); taps
   outside ``[0, n_thick)`` replicate the edge sample.
+
+A real thick series stores its own slice centres (mm from thin slice 0): thin slice ``i`` then
+sits at ``np.interp(i * s, centres, arange(Dk))`` (:func:`positions_from_centres`) and
+:func:`centres_to_thin` applies the same weights; cubic needs evenly spaced centres.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from medgen.data.errors import DataError
 from medgen.data.slicing.thick import slab_centres
 
 INTERPOLATIONS = ("linear", "cubic")
+UNIFORM_ATOL = 1e-6  # mm: centres evenly spaced within this are a uniform grid
 
 
 def _check_geometry(n_thin, thin_spacing, thickness, spacing) -> float:
@@ -114,6 +119,19 @@ def thick_to_thin(
     float64 input, else float32 (on the input's device). Thin slices beyond the first/last slab
     centre take the edge slab's value."""
     spacing = _check_geometry(n_thin, thin_spacing, thickness, spacing)
+    _check_thick(thick)
+    n_thick = len(slab_centres(n_thin, float(thin_spacing), float(thickness), spacing))
+    if thick.shape[-3] != n_thick:
+        raise DataError(
+            f"thick: {thick.shape[-3]} thick slices, but {n_thin} thin slices of {thin_spacing} mm "
+            f"with thickness {thickness} mm and spacing {spacing} mm give {n_thick}"
+        )
+    u = thick_positions(n_thin, thin_spacing, thickness, spacing)
+    return _apply(thick, interpolation_weights(u, n_thick, kind))
+
+
+def _check_thick(thick):
+    """``thick`` must be a floating numpy array or torch tensor ``(..., Dk, H, W)``."""
     is_torch = isinstance(thick, torch.Tensor)
     if not is_torch and not isinstance(thick, np.ndarray):
         raise DataError(
@@ -124,19 +142,59 @@ def thick_to_thin(
     floating = thick.is_floating_point() if is_torch else np.issubdtype(thick.dtype, np.floating)
     if not floating:
         raise DataError(f"thick: expected a floating-point array, got {thick.dtype}")
-    n_thick = len(slab_centres(n_thin, float(thin_spacing), float(thickness), spacing))
-    if thick.shape[-3] != n_thick:
-        raise DataError(
-            f"thick: {thick.shape[-3]} thick slices, but {n_thin} thin slices of {thin_spacing} mm "
-            f"with thickness {thickness} mm and spacing {spacing} mm give {n_thick}"
-        )
-    u = thick_positions(n_thin, thin_spacing, thickness, spacing)
-    w = interpolation_weights(u, n_thick, kind)
+
+
+def _apply(thick, w: np.ndarray):
+    """The ``(n_thin, Dk)`` weights ``w`` applied along axis -3 of ``thick``."""
+    n_thin, n_thick = w.shape
     *lead, _, h, width = thick.shape
-    if not is_torch:  # (n_thin, Dk) @ (..., Dk, H*W): one BLAS matmul per leading index
+    if not isinstance(thick, torch.Tensor):  # (n_thin, Dk) @ (..., Dk, H*W): one BLAS matmul
         flat = thick.astype(np.float64, copy=False).reshape(*lead, n_thick, h * width)
         return np.matmul(w, flat).reshape(*lead, n_thin, h, width).astype(thick.dtype, copy=False)
     compute = torch.float64 if thick.dtype == torch.float64 else torch.float32
     wt = torch.from_numpy(w).to(device=thick.device, dtype=compute)
     flat = thick.to(compute).reshape(*lead, n_thick, h * width)
     return torch.matmul(wt, flat).reshape(*lead, n_thin, h, width).to(thick.dtype)
+
+
+def uniform_step(centres, atol: float = UNIFORM_ATOL) -> float | None:
+    """The spacing of ``centres`` (mm) when they are evenly spaced within ``atol`` mm (one
+    centre: None too), else None."""
+    c = np.asarray(centres, dtype=np.float64).reshape(-1)
+    if c.size < 2:
+        return None
+    steps = np.diff(c)
+    return float(steps.mean()) if np.abs(steps - steps.mean()).max() <= atol else None
+
+
+def positions_from_centres(n_thin: int, thin_spacing: float, centres) -> np.ndarray:
+    """The fractional thick index of every thin slice centre ``i * s`` given the thick slice
+    ``centres`` (mm from thin slice 0, strictly increasing): piecewise linear between centres,
+    held at the first/last (``np.interp(i * s, centres, arange(Dk))``), float64 ``(n_thin,)``."""
+    _check_geometry(n_thin, thin_spacing, thin_spacing, None)
+    c = np.asarray(centres, dtype=np.float64).reshape(-1)
+    if c.size < 1 or not np.isfinite(c).all():
+        raise DataError(f"centres: expected >= 1 finite positions in mm, got {c.tolist()}")
+    if c.size > 1 and not np.all(np.diff(c) > 0):
+        raise DataError(f"centres: expected strictly increasing positions, got {c.tolist()}")
+    x = float(thin_spacing) * np.arange(n_thin, dtype=np.float64)
+    return np.interp(x, c, np.arange(c.size, dtype=np.float64))
+
+
+def centres_to_thin(thick, n_thin: int, thin_spacing: float, centres, kind: str = "linear"):
+    """``thick`` ``(..., Dk, H, W)`` whose slices sit at ``centres`` (mm from thin slice 0)
+    interpolated onto ``n_thin`` thin slices of ``thin_spacing`` mm; types as
+    :func:`thick_to_thin`. ``"linear"`` is ``np.interp`` along the slice axis (edge values
+    held); ``"cubic"`` (Keys) needs evenly spaced centres (:func:`uniform_step`) and then
+    equals :func:`thick_to_thin`'s on the grid ``c_k = centres[0] + k * step``."""
+    _check_thick(thick)
+    c = np.asarray(centres, dtype=np.float64).reshape(-1)
+    if thick.shape[-3] != c.size:
+        raise DataError(f"thick: {thick.shape[-3]} thick slices, but {c.size} centres")
+    u = positions_from_centres(n_thin, thin_spacing, c)
+    if kind == "cubic" and c.size > 1 and uniform_step(c) is None:
+        raise DataError(
+            "kind: 'cubic' needs evenly spaced thick centres (within "
+            f"{UNIFORM_ATOL:g} mm); these are not: use 'linear'"
+        )
+    return _apply(thick, interpolation_weights(u, c.size, kind))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medgen.data import DataError, PairVolumes, thick_positions
+from medgen.data import DataError, PairVolumes, positions_from_centres
 from medgen.train.evaluation.paired import between_slices
 
 BASELINES = ("linear", "cubic")
@@ -54,8 +54,8 @@ class InterpolationBaselines:
                 f"{self.items.pairs.directory}: item {index}'s thin volume does not match the "
                 f"reference image evaluated against it (window start {start})"
             )
-        u = thick_positions(n, raw["thin_spacing"], self.items.thickness,
-                            self.items.thick_spacing)[start : start + real]  # fmt: skip
+        u = positions_from_centres(n, raw["thin_spacing"], self.items.thick_centres(index))
+        u = u[start : start + real]
         between = np.zeros(depth, bool)
         between[:real] = between_slices(u, raw["thick"].shape[1])
         out = {k: ds[index]["thick"].numpy() for k, ds in self.by_kind.items()}
