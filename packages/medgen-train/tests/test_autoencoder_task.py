@@ -254,6 +254,48 @@ def test_the_evaluator_psnr_and_dice_match_closed_forms(root, base):
         assert got["dice"] == pytest.approx(dice.mean()) and got["iou"] == pytest.approx(iou.mean())
 
 
+def test_the_evaluator_ms_ssim_is_the_evaluation_suites(root, base):
+    """One MS-SSIM in MedGen: the evaluator's ``ms_ssim`` is the mean of
+    :func:`medgen.train.evaluation.msssim.ms_ssim` over the same reconstructions, with its
+    settings for the item size (16 x 16: 2 scales, window 5) recorded."""
+    from torch import nn
+
+    from medgen.train.config.fit import load_fit_config
+    from medgen.train.engine.distributed import DistContext
+    from medgen.train.engine.evaluators import reduce
+    from medgen.train.evaluation.msssim import ms_ssim, msssim_settings
+    from medgen.train.tasks.autoencoder import AutoencoderEvaluator, AutoencoderModel
+    from medgen.train.tasks.autoencoder.config import AutoencoderConfig
+    from medgen.train.tasks.data import DataDescription, open_split
+
+    description = DataDescription.from_json((ckpt(base, 2) / "data.json").read_text())
+    data = load_fit_config("vae_mni152", TINY).data
+    dataset = open_split(Path(description.cache), "train", data, "data.train_split")
+
+    class Blur(nn.Module):  # decode(encode(x)): a shifted blend, MS-SSIM well below 1
+        def encode(self, x):
+            return x
+
+        def decode(self, z):
+            return 0.6 * z + 0.3 * torch.roll(z, shifts=(1, 2), dims=(-2, -1)) + 0.05
+
+    model = AutoencoderModel.build(AutoencoderConfig(eval_samples=8), description,
+                                   torch.device("cpu"))  # fmt: skip
+    ev = AutoencoderEvaluator(model, dataset, 3, torch.device("cpu"))
+    got = reduce(ev.evaluate({"autoencoder": Blur()}, {}, 0, DistContext()), DistContext())
+    x = torch.stack([model.inputs({k: v[None] for k, v in dataset[i].items()
+                                   if isinstance(v, torch.Tensor)})[0]
+                     for i in ev.items]).float()  # fmt: skip
+    y = Blur().decode(x)
+    settings = msssim_settings(tuple(x.shape[2:]))
+    assert (settings.scales, settings.kernel_size) == (2, 5)
+    want = ms_ssim(y.numpy(), x.numpy(), settings=settings)
+    assert 0.2 < want.mean() < 0.95  # a discriminating case, not all ones
+    assert "ms_ssim" in ev.metric_names()
+    assert got["ms_ssim"] == pytest.approx(float(want.mean()), abs=1e-6)
+    assert ev.msssim_protocol == settings.protocol()
+
+
 DCAE = "dcae_mni152"  # a config without the GAN (refusals about the network kind)
 
 

@@ -7,7 +7,7 @@ sharded caches with a subject-level split (:mod:`.cache`), DataLoader pieces
 """
 
 from medgen.data.cache.atomic import config_hash
-from medgen.data.cache.build import BuildReport, build_cache
+from medgen.data.cache.build import BuildReport, build_cache, prepare_cache_directory
 from medgen.data.cache.dataset import CacheDataset
 from medgen.data.cache.pair_volumes import PairVolumes
 from medgen.data.cache.recipe import CacheRecipe
@@ -37,7 +37,9 @@ from medgen.data.slicing.slices import SliceSet, axial_slices
 from medgen.data.slicing.thick import simulate_thick, thick_mask
 from medgen.data.slicing.thin_grid import (
     INTERPOLATIONS,
+    centres_to_thin,
     interpolation_weights,
+    positions_from_centres,
     thick_positions,
     thick_to_thin,
 )
@@ -79,6 +81,7 @@ __all__ = [
     "axial_slices",
     "build_cache",
     "canonical_direction",
+    "centres_to_thin",
     "class_token",
     "collate_padded",
     "config_hash",
@@ -95,6 +98,8 @@ __all__ = [
     "oversampled_share",
     "pad_stack",
     "percentile_scale",
+    "positions_from_centres",
+    "prepare_cache_directory",
     "pseudonym",
     "quantize_z",
     "read_dicom",

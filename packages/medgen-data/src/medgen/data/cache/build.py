@@ -36,6 +36,7 @@ from medgen.data.cache.shards import (
 )
 from medgen.data.cache.sources import Subject, content_sha256, resolve_sources, select_modalities
 from medgen.data.cache.split import SPLITS, assign_splits
+from medgen.data.cache.thick_series import load_thick
 from medgen.data.errors import CacheError, CacheWarning, DataError
 
 
@@ -67,6 +68,24 @@ class BuildReport:
         )
 
 
+def _check_thick(subjects: list[Subject], recipe: CacheRecipe, modalities) -> None:
+    """A ``thick`` series (table column) needs ``kind: pairs`` and one modality."""
+    s = next((s for s in subjects if s.thick is not None), None)
+    if s is None:
+        return
+    table = s.where.rsplit(":", 1)[0]
+    if recipe.kind != "pairs":
+        raise DataError(
+            f"{table}: column 'thick' (subject {s.id!r}) applies to kind: pairs only, "
+            f"not {recipe.kind!r}; drop the column"
+        )
+    if len(modalities) != 1:
+        raise DataError(
+            f"{table}: column 'thick' (subject {s.id!r}) needs one modality, the recipe has "
+            f"{', '.join(modalities)}; set modalities to the thin image's"
+        )
+
+
 def _check_subjects(subjects: list[Subject], recipe: CacheRecipe) -> None:
     with_mask = [s for s in subjects if s.mask is not None]
     needs = [f"{k}: mask" for k in ("z_from", "class_from") if getattr(recipe, k) == "mask"]
@@ -90,7 +109,8 @@ def _hash_sources(subjects, modalities, quiet: bool) -> list[list[str]]:
     hashes = []
     for s in bar:
         files = [s.images[m] for m in modalities] + ([s.mask] if s.mask is not None else [])
-        hashes.append([content_sha256(f) for f in files])
+        thick = [f"thick:{content_sha256(s.thick)}"] if s.thick is not None else []
+        hashes.append([content_sha256(f) for f in files] + thick)
     seen: dict[tuple, Subject] = {}
     for s, h in zip(subjects, hashes, strict=True):
         key = tuple(h[: len(modalities)])
@@ -103,7 +123,13 @@ def _hash_sources(subjects, modalities, quiet: bool) -> list[list[str]]:
     return hashes
 
 
-def _prepare_directory(directory: Path, names: list[str], report: BuildReport) -> Path:
+def prepare_cache_directory(directory: Path, names: list[str]) -> tuple[Path, list[str]]:
+    """Ready ``directory`` for (re)writing a cache whose shards are named ``names``:
+    ``(shard directory, names of the files removed)``. Refuses a ``manifest.json`` that is not
+    a MedGen cache's; removes the manifest (the cache is incomplete until it is written
+    again), temporary files and ``shard-*`` files not in ``names`` (or their sidecars); keeps
+    the wanted shards for reuse. Call it holding :func:`~medgen.data.cache.atomic.exclusive`."""
+    removed: list[str] = []
     manifest = directory / MANIFEST
     if manifest.exists():
         try:
@@ -120,14 +146,14 @@ def _prepare_directory(directory: Path, names: list[str], report: BuildReport) -
     manifest.unlink(missing_ok=True)  # incomplete until the manifest is back
     for path in sorted(directory.glob(f".{MANIFEST}.*.tmp")):
         path.unlink()
-        report.removed.append(path.name)
+        removed.append(path.name)
     wanted = set(names) | {sidecar_path(Path(n)).name for n in names}
     for path in sorted(shard_dir.iterdir()):
         stale = path.name.startswith("shard-") and path.name not in wanted
         if path.name.endswith(".tmp") or stale:
             path.unlink()
-            report.removed.append(path.name)
-    return shard_dir
+            removed.append(path.name)
+    return shard_dir, removed
 
 
 def _counts(arrays: dict[str, np.ndarray], n_bins: int) -> dict:
@@ -141,7 +167,10 @@ def _counts(arrays: dict[str, np.ndarray], n_bins: int) -> dict:
 def _build_one(subject, modalities, recipe, meta, shard_dir, name) -> dict:
     where = str(subject.images[modalities[0]])
     vols = load_subject(subject, modalities, recipe)
-    arrays, spacing = BUILDERS[recipe.kind](vols, recipe, subject.class_id, where)
+    extra = {}
+    if subject.thick is not None:
+        extra["thick"] = load_thick(subject, modalities[0], recipe)
+    arrays, spacing = BUILDERS[recipe.kind](vols, recipe, subject.class_id, where, **extra)
     meta = {**meta, "spacing": list(spacing), **_counts(arrays, recipe.n_bins_stored)}
     return write_shard(shard_dir, name, arrays, meta)
 
@@ -163,6 +192,7 @@ def build_cache(recipe: CacheRecipe, quiet: bool = False, wait: bool = False) ->
     subjects = resolve_sources(recipe.sources)
     modalities = select_modalities(subjects, recipe.modalities)
     _check_subjects(subjects, recipe)
+    _check_thick(subjects, recipe, modalities)
     hashes = _hash_sources(subjects, modalities, quiet)
     processing_hash = recipe_processing_hash(recipe, modalities)
     keys = [
@@ -178,7 +208,8 @@ def build_cache(recipe: CacheRecipe, quiet: bool = False, wait: bool = False) ->
 
 def _build_locked(recipe, directory, subjects, modalities, hashes, names, processing_hash, quiet):
     report = BuildReport(directory)
-    shard_dir = _prepare_directory(directory, names, report)
+    shard_dir, removed = prepare_cache_directory(directory, names)
+    report.removed.extend(removed)
     sidecars, todo = {}, []
     for s, h, name in zip(subjects, hashes, names, strict=True):
         meta = trusted(shard_dir / name)

@@ -149,12 +149,37 @@ class CacheDataset(Dataset):
         per_item = per_shard[self._shard_of].reshape(self._n_stored, 3)
         return np.tile(per_item, (self._n_modes, 1))
 
+    def stored(self, index: int, key: str) -> np.ndarray | None:
+        """A copy of the stored array ``key`` of item ``index`` (e.g. a pairs cache's
+        ``thick_z``), or None when its shard has no such array (an older cache)."""
+        i = operator.index(index)
+        arrays, row = self.stored_item((i + len(self) if i < 0 else i) % self._n_stored)
+        return np.array(arrays[key][row]) if key in arrays else None
+
     def _arrays(self, shard: int) -> dict[str, np.ndarray]:
         if self._pid != os.getpid():  # a forked worker: open its own maps
             self._open, self._pid = {}, os.getpid()
         if shard not in self._open:
             self._open[shard] = open_shard(self.directory, self._entries[shard])
         return self._open[shard]
+
+    def stored_item(self, index: int) -> tuple[dict[str, np.ndarray], int]:
+        """``(arrays, row)`` of stored item ``index`` (``0 <= index < n_stored``, the items
+        before any ``modality_as="mode"`` repetition): the memory-mapped arrays of its shard
+        (opened once per process, read-only views: copy what you keep) and its row in them.
+        For datasets over caches with other shard arrays (e.g. latent caches)."""
+        if not 0 <= index < self._n_stored:
+            raise IndexError(f"stored item {index} out of range for {self._n_stored} items")
+        return self._arrays(int(self._shard_of[index])), int(self._item_of[index])
+
+    def item_metadata(self, index: int) -> dict[str, torch.Tensor]:
+        """``token``, ``z_bin`` and ``class_id`` of stored item ``index`` as int64 0-d tensors."""
+        return {key: _scalar(self._meta[key][index]) for key in ("token", "z_bin", "class_id")}
+
+    @property
+    def n_stored(self) -> int:
+        """Items stored in the selected shards (``len(self)`` without the mode repetition)."""
+        return self._n_stored
 
     def __getitem__(self, index) -> dict[str, torch.Tensor]:
         seed = None
@@ -166,8 +191,7 @@ class CacheDataset(Dataset):
         if not 0 <= i < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} items")
         mode, j = divmod(i, self._n_stored)
-        arrays = self._arrays(int(self._shard_of[j]))
-        k = int(self._item_of[j])
+        arrays, k = self.stored_item(j)
         channels = slice(mode, mode + 1) if self.modality_as == "mode" else slice(None)
         if self.kind == "pairs":
             item = {"thin": _tensor(arrays["thin"][k, channels])}
@@ -181,8 +205,7 @@ class CacheDataset(Dataset):
             item = {"image": _tensor(arrays["image"][k, channels])}
             if "mask" in arrays:
                 item["mask"] = _tensor(arrays["mask"][k])
-        for key in ("token", "z_bin", "class_id"):
-            item[key] = _scalar(self._meta[key][j])
+        item.update(self.item_metadata(j))
         if self.modality_as == "mode":
             item["mode"] = _scalar(mode)
         return item

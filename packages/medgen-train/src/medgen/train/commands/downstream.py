@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from medgen.data import CacheDataset, DataError, read_manifest
 from medgen.data.cache.atomic import file_sha256
 from medgen.train.commands.evaluate import read_samples
-from medgen.train.commands.sample import parse_reference
+from medgen.train.commands.paired_plan import parse_reference
 from medgen.train.commands.verb import add_fresh, add_overrides, add_quiet, add_verb, printer
 from medgen.train.config.fit import RunSection
 from medgen.train.config.schema import to_dict, to_yaml

@@ -42,7 +42,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from medgen.data import DataError, read_manifest
-from medgen.train.commands.sample import MANIFEST, parse_reference
+from medgen.train.commands.paired_plan import parse_reference
+from medgen.train.commands.sample import MANIFEST
 from medgen.train.commands.verb import add_fresh, add_quiet, add_verb, printer
 from medgen.train.errors import RunDirError
 from medgen.train.evaluation.control import control_fidelity

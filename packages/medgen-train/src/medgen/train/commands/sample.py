@@ -39,7 +39,6 @@ from medgen.train.commands.paired_plan import (
     item_conditioning,
     open_reference,
     paired_plan,
-    parse_reference,  # noqa: F401  (re-exported: evaluate and downstream parse references too)
 )
 from medgen.train.commands.verb import add_fresh, add_quiet, add_verb, printer
 from medgen.train.config.schema import apply_overrides, validate

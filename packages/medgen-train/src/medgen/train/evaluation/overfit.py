@@ -122,12 +122,13 @@ def _images(model, dataset, n: int) -> Callable[[], np.ndarray]:
     return load
 
 
-def diffusion_overfit_kid(ctx, model) -> OverfitKID | None:
+def diffusion_overfit_kid(ctx, model, sample: Callable) -> OverfitKID | None:
     """The evaluator of a diffusion task's ``task.overfit_kid_*`` keys (None when off); one
-    ConfigError naming the key when it cannot run."""
+    ConfigError naming the key when it cannot run. ``sample(network, n, settings)`` is the
+    task's sampler: ``n`` samples (n, C, *spatial) of ``model`` with ``network`` in place of its
+    own, drawn with the ``sample`` section ``settings`` (the evaluation layer imports no task)."""
     from medgen.train.errors import ConfigError
     from medgen.train.evaluation.features import Extractor, FeatureError
-    from medgen.train.tasks.diffusion.sampling import DiffusionGenerator
 
     cfg = ctx.config.task
     if not cfg.overfit_kid_every:
@@ -153,9 +154,7 @@ def diffusion_overfit_kid(ctx, model) -> OverfitKID | None:
 
     @torch.no_grad()
     def generate(modules, ema) -> np.ndarray:
-        net = model.evaluated_network(modules, ema)
-        gen = DiffusionGenerator(dataclasses.replace(model, network=net), ctx.device)
-        x = gen.generate(gen.plan(n, 1), settings, model.cfg.clip_x0)
+        x = sample(model.evaluated_network(modules, ema), n, settings)
         return x[:, model.layout.image_indices()]
 
     t = ctx.config.training

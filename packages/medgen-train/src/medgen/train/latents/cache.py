@@ -26,9 +26,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from medgen.data import CacheError, read_manifest, verify_cache
+from medgen.data import CacheError, prepare_cache_directory, read_manifest, verify_cache
 from medgen.data.cache.atomic import exclusive
-from medgen.data.cache.build import _prepare_directory
 from medgen.data.cache.shards import (
     FORMAT_VERSION,
     MANIFEST,
@@ -214,7 +213,8 @@ def encode_cache(
     names = [shard_name(k) for k in keys]
     with exclusive(out):
         report = EncodeReport(out)
-        shard_dir = _prepare_directory(out, names, report)
+        shard_dir, removed = prepare_cache_directory(out, names)
+        report.removed.extend(removed)
         entries = []
         bar = tqdm(total=int(source["n_items"]), desc="encode", unit="item",
                    disable=True if quiet else None)  # fmt: skip

@@ -58,13 +58,11 @@ class LatentDataset(CacheDataset):
             i += len(self)
         if not 0 <= i < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} items")
-        arrays = self._arrays(int(self._shard_of[i]))
-        k = int(self._item_of[i])
+        arrays, k = self.stored_item(i)
         item = {LATENT: torch.from_numpy(np.array(arrays[LATENT][k], copy=True))}
         if "mask" in arrays:
             item["mask"] = torch.from_numpy(np.array(arrays["mask"][k], copy=True))
         if "valid_box" in arrays:
             item["valid"] = valid_mask(arrays["valid_box"][k], self.pixel_shape)
-        for key in ("token", "z_bin", "class_id"):
-            item[key] = torch.tensor(int(self._meta[key][i]), dtype=torch.int64)
+        item.update(self.item_metadata(i))
         return item

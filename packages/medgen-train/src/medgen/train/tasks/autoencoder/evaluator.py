@@ -2,8 +2,11 @@
 
 The EMA autoencoder (the raw one without EMA) reconstructs each item deterministically,
 ``decode(encode(x))`` (what a latent diffusion model's samples go through). Reported:
-``l1``; ``psnr`` (data range 2: images in [-1, 1]), ``ssim`` and ``ms_ssim`` through MONAI's
-metrics (2D and 3D; kernel and scales chosen for the item size, :func:`ssim_settings`);
+``l1``; ``psnr`` (data range 2: images in [-1, 1]) and ``ssim`` through MONAI's metrics (2D
+and 3D; the window chosen for the item size, :func:`ssim_kernel`); ``ms_ssim`` by the evaluation
+suite's :func:`medgen.train.evaluation.msssim.ms_ssim` (one MS-SSIM in MedGen: scales and window
+from :func:`~medgen.train.evaluation.msssim.msssim_settings`, recorded in
+:attr:`AutoencoderEvaluator.msssim_protocol`; left out when the items are too small for it);
 ``lpips`` with ``task.loss.perceptual_weights``; for a VQ-VAE the codebook ``perplexity``,
 ``usage`` and ``dead_codes`` of the held-out items' codes; in ``seg_mode`` ``dice`` and
 ``iou`` of the thresholded mask (and ``l1`` of the probabilities). Rank 0 adds the figure
@@ -16,41 +19,24 @@ import io
 
 import numpy as np
 import torch
-from monai.metrics import MultiScaleSSIMMetric, PSNRMetric, SSIMMetric
+from monai.metrics import PSNRMetric, SSIMMetric
 from torch.utils.data import default_collate
 
 from medgen.models.autoencoders import dice_score, iou_score
 from medgen.models.autoencoders.vq import codebook_stats
 from medgen.train.engine.batches import to_device
 from medgen.train.engine.evaluators import Evaluation
+from medgen.train.evaluation.msssim import MSSSIMSettings, ms_ssim, msssim_settings
 from medgen.train.tasks.autoencoder.model import AUTOENCODER, PERCEPTUAL, AutoencoderModel
 
 DATA_RANGE = 2.0  # images in [-1, 1]
-MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, five scales
 
 
-def ssim_settings(shape) -> dict:
-    """Kernel sizes and MS-SSIM scales valid for items of spatial ``shape``.
-
-    SSIM: MONAI's 11-pixel Gaussian window, or the largest odd window that fits the smallest
-    axis. MS-SSIM: as many of Wang et al.'s five scales as fit, the first ``n`` weights
-    renormalised to sum to 1, with the largest odd window (<= 11) that MONAI accepts at that
-    many scales (it requires ``size // (n - 1) ** 2 > kernel - 1`` on every axis); e.g. 64 x 64:
-    5 scales, window 3; 32 x 32: 4 scales, window 3; 16 x 16: 3 scales, window 3.
-    """
+def ssim_kernel(shape) -> int:
+    """SSIM window for items of spatial ``shape``: MONAI's 11-pixel Gaussian window, or the
+    largest odd window that fits the smallest axis."""
     size = min(int(s) for s in shape)
-    ssim_kernel = min(11, size if size % 2 else size - 1)
-    for n in range(5, 1, -1):
-        limit = size // (n - 1) ** 2  # kernel - 1 < limit
-        kernel = min(11, limit if limit % 2 else limit - 1)
-        if kernel >= 3:
-            w = MS_SSIM_WEIGHTS[:n]
-            return {
-                "ssim_kernel": ssim_kernel,
-                "ms_ssim_kernel": kernel,
-                "ms_ssim_weights": tuple(v / sum(w) for v in w),
-            }
-    return {"ssim_kernel": ssim_kernel, "ms_ssim_kernel": None, "ms_ssim_weights": ()}
+    return min(11, size if size % 2 else size - 1)
 
 
 class AutoencoderEvaluator:
@@ -62,25 +48,27 @@ class AutoencoderEvaluator:
         self.batch_size = batch_size
         n = min(model.cfg.eval_samples, len(dataset))
         self.items = np.unique(np.linspace(0, len(dataset) - 1, n).round().astype(int)).tolist()
-        self.settings = ssim_settings(model.description.shape)
+        spatial = tuple(int(n) for n in model.description.shape)
         dims = model.description.spatial_dims
-        s = self.settings
         self.psnr = PSNRMetric(max_val=DATA_RANGE, reduction="none")
-        self.ssim = SSIMMetric(dims, data_range=DATA_RANGE, win_size=s["ssim_kernel"],
+        self.ssim = SSIMMetric(dims, data_range=DATA_RANGE, win_size=ssim_kernel(spatial),
                                reduction="none")  # fmt: skip
-        self.ms_ssim = None
-        if s["ms_ssim_kernel"] is not None:
-            self.ms_ssim = MultiScaleSSIMMetric(
-                dims, data_range=DATA_RANGE, kernel_size=s["ms_ssim_kernel"],
-                weights=s["ms_ssim_weights"], reduction="none",
-            )  # fmt: skip
+        try:  # the evaluation suite's MS-SSIM settings, or none when the items are too small
+            self.msssim_settings: MSSSIMSettings | None = msssim_settings(spatial)
+        except ValueError:
+            self.msssim_settings = None
+
+    @property
+    def msssim_protocol(self) -> dict | None:
+        """What ``ms_ssim`` depends on (scales, window, weights); None when not reported."""
+        return None if self.msssim_settings is None else self.msssim_settings.protocol()
 
     def metric_names(self) -> tuple[str, ...]:
         """What :meth:`evaluate` reports."""
         cfg = self.model.cfg
         if cfg.seg_mode:
             return ("l1", "dice", "iou")
-        names = ["l1", "psnr", "ssim"] + (["ms_ssim"] if self.ms_ssim is not None else [])
+        names = ["l1", "psnr", "ssim"] + (["ms_ssim"] if self.msssim_settings is not None else [])
         if self.model.perceptual is not None:
             names.append("lpips")
         if cfg.network.kind == "vq":
@@ -121,8 +109,10 @@ class AutoencoderEvaluator:
             add("l1", (out - x).abs().flatten(1).mean(1))
             add("psnr", self.psnr(out, x))
             add("ssim", self.ssim(out, x))
-            if self.ms_ssim is not None:
-                add("ms_ssim", self.ms_ssim(out, x))
+            if self.msssim_settings is not None:
+                scores = ms_ssim(out.cpu(), x.cpu(), data_range=DATA_RANGE,
+                                 settings=self.msssim_settings)  # fmt: skip
+                add("ms_ssim", torch.from_numpy(scores))
             if PERCEPTUAL in modules:
                 g = torch.Generator().manual_seed(step)  # the same slices for every item set
                 per = [modules[PERCEPTUAL](out[:, c : c + 1], x[:, c : c + 1], g)

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from medgen.train.engine.objectives import Objective, TrainingSetup
 from medgen.train.evaluation.overfit import diffusion_overfit_kid
 from medgen.train.latents.space import calibrate
 from medgen.train.tasks.diffusion.anatomy import anatomical_maps
 from medgen.train.tasks.diffusion.evaluator import DiffusionEvaluator
+from medgen.train.tasks.diffusion.sampling import DiffusionGenerator
 from medgen.train.tasks.diffusion.task import DiffusionModel, DiffusionTask
+
+
+def sampler_of(model: DiffusionModel, device):
+    """``(network, n, settings) -> (n, C, *spatial)`` samples of ``model`` with ``network`` in
+    place of its own (the overfit KID's sampler)."""
+
+    def sample(network, n: int, settings):
+        gen = DiffusionGenerator(dataclasses.replace(model, network=network), device)
+        return gen.generate(gen.plan(n, 1), settings, model.cfg.clip_x0)
+
+    return sample
 
 
 def build_setup(ctx) -> TrainingSetup:
@@ -26,7 +40,7 @@ def build_setup(ctx) -> TrainingSetup:
         evaluators.append(
             DiffusionEvaluator(model, ctx.eval_dataset, ctx.config.training.batch_size, ctx.device)
         )
-    overfit = diffusion_overfit_kid(ctx, model)  # task.overfit_kid_every (0: None)
+    overfit = diffusion_overfit_kid(ctx, model, sampler_of(model, ctx.device))  # 0: None
     if overfit is not None:
         evaluators.append(overfit)
     setup = TrainingSetup(
